@@ -1,0 +1,71 @@
+//! A session's state: its expiry, an index of its holds and waits (so ending a
+//! session costs O(k log n) for its k locks, never a scan), and its bounded
+//! memory of request results for idempotent retries.
+
+use crate::command::Response;
+use crate::error::LockError;
+use crate::key::LockKey;
+use crate::types::{Millis, RequestId};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+pub(crate) type Outcome = Result<Response, LockError>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Session {
+    pub ttl_ms: u64,
+    pub expires_at: Millis,
+    /// Held lock → token.
+    pub holds: BTreeMap<LockKey, u64>,
+    /// Awaited lock → arrival sequence in that lock's queue.
+    pub waits: BTreeMap<LockKey, u64>,
+    pub requests: RequestMemory,
+}
+
+impl Session {
+    pub fn lock_count(&self) -> u64 {
+        (self.holds.len() + self.waits.len()) as u64
+    }
+}
+
+/// Remembers the newest `max` request results of one session. Ids below
+/// `forgotten_below` were evicted: a retry of one is rejected rather than
+/// applied a second time.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct RequestMemory {
+    pub results: BTreeMap<RequestId, Outcome>,
+    pub forgotten_below: u64,
+}
+
+impl RequestMemory {
+    /// A remembered result, or an error if the id is too old to know.
+    pub fn lookup(&self, id: RequestId) -> Option<Outcome> {
+        if let Some(found) = self.results.get(&id) {
+            return Some(found.clone());
+        }
+        if id.0 < self.forgotten_below {
+            return Some(Err(LockError::invalid(
+                "request_id",
+                format!(
+                    "{} is older than the oldest request this session still remembers ({}); \
+                     use increasing request ids and do not retry very old requests",
+                    id.0, self.forgotten_below
+                ),
+            )));
+        }
+        None
+    }
+
+    pub fn remember(&mut self, id: RequestId, outcome: Outcome, max: u64) {
+        if max == 0 {
+            self.forgotten_below = self.forgotten_below.max(id.0.saturating_add(1));
+            return;
+        }
+        self.results.insert(id, outcome);
+        while self.results.len() as u64 > max {
+            if let Some((old, _)) = self.results.pop_first() {
+                self.forgotten_below = self.forgotten_below.max(old.0.saturating_add(1));
+            }
+        }
+    }
+}
