@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite: the README's test command, and what CI runs.
+# Sections are independent; each prints its name so a red run says where.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+step() { printf '\n==== %s ====\n' "$*"; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "core stays pure (no async runtime, no I/O crate)"
+bash scripts/check-core-purity.sh
+
+step "unit, property, conformance and integration tests"
+cargo test --workspace
+
+# ---- further sections (fuzz, loom, postgres, simulation) are appended below ----
