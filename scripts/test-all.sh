@@ -6,6 +6,9 @@ cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 step() { printf '\n==== %s ====\n' "$*"; }
 
+step "setup (idempotent: installs what is missing)"
+bash scripts/setup.sh
+
 step "format"
 cargo fmt --all -- --check
 
