@@ -2,7 +2,7 @@
 //! session costs O(k log n) for its k locks, never a scan), and its bounded
 //! memory of request results for idempotent retries.
 
-use crate::command::Response;
+use crate::command::{Command, Response};
 use crate::error::LockError;
 use crate::key::LockKey;
 use crate::types::{Millis, RequestId};
@@ -28,20 +28,31 @@ impl Session {
     }
 }
 
-/// Remembers the newest `max` request results of one session. Ids below
-/// `forgotten_below` were evicted: a retry of one is rejected rather than
-/// applied a second time.
+/// Remembers the newest `max` requests of one session with their results.
+/// Ids below `forgotten_below` were evicted: a retry of one is rejected rather
+/// than applied a second time. The command is kept next to its result so that
+/// an id reused for a *different* command is an error, not a wrong answer.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct RequestMemory {
-    pub results: BTreeMap<RequestId, Outcome>,
+    pub results: BTreeMap<RequestId, (Command, Outcome)>,
     pub forgotten_below: u64,
 }
 
 impl RequestMemory {
     /// A remembered result, or an error if the id is too old to know.
-    pub fn lookup(&self, id: RequestId) -> Option<Outcome> {
-        if let Some(found) = self.results.get(&id) {
-            return Some(found.clone());
+    pub fn lookup(&self, id: RequestId, command: &Command) -> Option<Outcome> {
+        if let Some((first, outcome)) = self.results.get(&id) {
+            if first != command {
+                return Some(Err(LockError::invalid(
+                    "request_id",
+                    format!(
+                        "{} was already used by this session for a different command ({first:?}); \
+                         use a new id for every new request",
+                        id.0
+                    ),
+                )));
+            }
+            return Some(outcome.clone());
         }
         if id.0 < self.forgotten_below {
             return Some(Err(LockError::invalid(
@@ -56,12 +67,12 @@ impl RequestMemory {
         None
     }
 
-    pub fn remember(&mut self, id: RequestId, outcome: Outcome, max: u64) {
+    pub fn remember(&mut self, id: RequestId, command: &Command, outcome: Outcome, max: u64) {
         if max == 0 {
             self.forgotten_below = self.forgotten_below.max(id.0.saturating_add(1));
             return;
         }
-        self.results.insert(id, outcome);
+        self.results.insert(id, (command.clone(), outcome));
         while self.results.len() as u64 > max {
             if let Some((old, _)) = self.results.pop_first() {
                 self.forgotten_below = self.forgotten_below.max(old.0.saturating_add(1));

@@ -148,13 +148,15 @@ impl Table {
         let Some(session) = self.sessions.get(&sid) else {
             return Err(LockError::SessionNotFound { session: sid });
         };
-        if let Some(known) = session.requests.lookup(rid) {
+        if let Some(known) = session.requests.lookup(rid, command) {
             return known;
         }
         let outcome = self.execute(command, Some(rid), events);
         let max = self.limits.max_remembered_requests;
         if let Some(session) = self.sessions.get_mut(&sid) {
-            session.requests.remember(rid, outcome.clone(), max);
+            session
+                .requests
+                .remember(rid, command, outcome.clone(), max);
         }
         outcome
     }
