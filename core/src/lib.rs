@@ -35,6 +35,7 @@
 
 mod command;
 mod error;
+mod grace;
 mod invariants;
 mod key;
 mod limits;
