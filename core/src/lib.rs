@@ -44,6 +44,7 @@ mod session;
 mod snapshot;
 mod table;
 mod types;
+mod view;
 
 pub use command::{
     Command, Event, Grant, HoldEnd, HolderInfo, LockInfo, Response, SessionInfo, WaitEnd,
@@ -55,3 +56,4 @@ pub use limits::Limits;
 pub use snapshot::Snapshot;
 pub use table::Table;
 pub use types::{FencingToken, LockKind, Millis, Mode, RequestId, SessionId};
+pub use view::{check_open_session, KeyView, LockRecord, SessionRecord, WaitOutcome, WaitView};
