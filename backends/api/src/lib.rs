@@ -15,5 +15,5 @@ pub use error::Error;
 pub use fencelock_core::{
     Command, Event, FencingToken, Grant, HoldEnd, HolderInfo, Limits, LockError, LockInfo, LockKey,
     LockKind, Millis, Mode, RequestId, Response, SessionId, SessionInfo, StatusCode, WaitEnd,
-    WaiterInfo,
+    WaiterInfo, MAX_NAMESPACE_LEN, MAX_NAME_LEN,
 };
