@@ -498,6 +498,10 @@ impl Table {
         timeout_ms: Option<u64>,
         rid: Option<RequestId>,
     ) -> Outcome {
+        // `Limits::max_ttl_ms` bounds wait timeouts too (0 is try-lock).
+        if let Some(t) = timeout_ms.filter(|&t| t > 0) {
+            self.check_ttl("timeout_ms", t)?;
+        }
         let Some(s) = self.sessions.get(&session) else {
             return Err(LockError::SessionNotFound { session });
         };

@@ -1532,6 +1532,11 @@ fn bad_input_leaves_state_unchanged() {
             },
             "ttl_ms",
         ),
+        (acquire(&k, a, Mode::Exclusive, Some(max + 1)), "timeout_ms"),
+        (
+            acquire(&key("new"), a, Mode::Exclusive, Some(max + 1)),
+            "timeout_ms",
+        ),
     ];
     let before = w.bytes();
     for (cmd, field) in bad {
