@@ -122,6 +122,15 @@ impl LockRecord {
         ids
     }
 
+    /// Equal apart from state time: writing `self` over `other` would change
+    /// nothing a command can observe (so a store may skip the write).
+    pub fn same_state_as(&self, other: &LockRecord) -> bool {
+        self.lock == other.lock
+            && self.last_token == other.last_token
+            && self.requests == other.requests
+            && self.outcomes == other.outcomes
+    }
+
     /// Nothing worth keeping: no lock, no memory. A store need not write it
     /// (its `last_token` must then be covered by the store's token floor).
     pub fn is_empty(&self) -> bool {
@@ -307,19 +316,34 @@ impl KeyView {
         }
     }
 
-    /// When this key next needs a tick: its earliest lease end, wait deadline,
-    /// or expiry of a session that holds or waits for it. A keep-alive only
-    /// pushes a session's expiry later, so a stored deadline is never late.
+    /// When this key's own clocks next run out: its earliest lease end or
+    /// wait deadline. A store indexes this to find keys to tick. (Session
+    /// expiries are found from the sessions' side; see [`KeyView::next_due`].)
     pub fn deadline(&self) -> Option<Millis> {
+        self.first_due(false)
+    }
+
+    /// When this key next needs a tick: [`KeyView::deadline`] or the expiry
+    /// of a session that holds or waits for it, whichever is first. A reader
+    /// that finds it at or before `now` should tick the key before trusting
+    /// what it read.
+    pub fn next_due(&self) -> Option<Millis> {
+        self.first_due(true)
+    }
+
+    fn first_due(&self, sessions: bool) -> Option<Millis> {
         self.table
             .deadlines
             .iter()
             .find(|(_, due)| match due {
-                Due::Session(id) => self
-                    .table
-                    .sessions
-                    .get(id)
-                    .is_some_and(|s| s.lock_count() > 0),
+                Due::Session(id) => {
+                    sessions
+                        && self
+                            .table
+                            .sessions
+                            .get(id)
+                            .is_some_and(|s| s.lock_count() > 0)
+                }
                 Due::Wait { .. } | Due::Lease { .. } => true,
             })
             .map(|(at, _)| *at)
@@ -594,7 +618,7 @@ mod tests {
                 let mut view = store.view();
                 view.tick(now, &mut Vec::new());
                 prop_assert_eq!(view.describe(), table.describe(&key()));
-                if let Some(d) = view.deadline() {
+                if let Some(d) = view.next_due() {
                     prop_assert!(table.next_deadline().is_some_and(|t| t <= d),
                         "view deadline {} is before the table's", d);
                 }
@@ -674,7 +698,8 @@ mod tests {
             v.wait_view(SessionId(2)),
             WaitView::Finished(WaitOutcome::Granted(_))
         ));
-        assert_eq!(v.deadline(), Some(10_000), "session 2's expiry");
+        assert_eq!(v.deadline(), None, "no lease, no wait deadline");
+        assert_eq!(v.next_due(), Some(10_000), "session 2's expiry");
     }
 
     #[test]
