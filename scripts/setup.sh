@@ -7,4 +7,14 @@ rustup component add rustfmt clippy >/dev/null 2>&1 || true
 if ! command -v cargo-fuzz >/dev/null; then
   cargo install cargo-fuzz --locked
 fi
+# PostgreSQL 15 server binaries: the Postgres backend's tests start their own
+# throwaway cluster with them (initdb into a temp dir, run as the `postgres` user).
+if [ -z "${FENCELOCK_PG_URL:-}" ] && [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
+  if command -v apt-get >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq && apt-get install -y -qq postgresql-15 >/dev/null
+  else
+    echo "PostgreSQL 15 server binaries are required (or set FENCELOCK_PG_URL)"; exit 1
+  fi
+fi
 echo "setup done"

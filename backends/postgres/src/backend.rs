@@ -1,0 +1,328 @@
+//! [`PgBackend`]: the [`Backend`] trait over [`Store`], with the LISTEN task
+//! and the sweeper.
+
+use crate::config::{check_schema, PgConfig};
+use crate::error::db_error;
+use crate::notify::{listen, woken_for, Wake};
+use crate::sql::Sql;
+use crate::store::{affects_others, Acting, Applied, Loaded, Store};
+use crate::sweep::{self, Alarm};
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use fencelock::{Backend, Error, LockError, WaitStatus};
+use fencelock_core::{
+    Command, FencingToken, HolderInfo, LockInfo, LockKey, Millis, RequestId, Response, SessionId,
+    SessionInfo, WaitEnd, WaitOutcome, WaitView,
+};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+use tokio_postgres::NoTls;
+
+/// Locks stored in PostgreSQL. Clones share one pool, one LISTEN connection
+/// and one sweeper; they stop when the last clone is dropped.
+///
+/// Must be created inside a Tokio runtime (it spawns its two tasks).
+#[derive(Clone)]
+pub struct PgBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    hub: broadcast::Sender<Wake>,
+    alarm: Arc<Alarm>,
+    shutdown: watch::Sender<bool>,
+    recheck: Duration,
+    schema: String,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}
+
+fn invalid(field: &str, reason: impl Into<String>) -> Error {
+    LockError::InvalidArgument {
+        field: field.into(),
+        reason: reason.into(),
+    }
+    .into()
+}
+
+impl PgBackend {
+    /// Connects, runs the schema migrations, starts the LISTEN task and the
+    /// sweeper. A bad URL or schema name is `InvalidArgument` naming the
+    /// field; an unreachable database is `Unavailable`.
+    pub async fn connect(config: PgConfig) -> Result<PgBackend, Error> {
+        check_schema(&config.schema).map_err(|why| invalid("schema", why))?;
+        if config.pool_size == 0 {
+            return Err(invalid("pool_size", "must be at least 1"));
+        }
+        let pg = tokio_postgres::Config::from_str(&config.url)
+            .map_err(|e| invalid("url", format!("not a Postgres URL: {e}")))?;
+        let listen_url = config.listen_url.clone().unwrap_or(config.url.clone());
+        tokio_postgres::Config::from_str(&listen_url)
+            .map_err(|e| invalid("listen_url", format!("not a Postgres URL: {e}")))?;
+        let manager = Manager::from_config(
+            pg.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(config.connect_timeout))
+            .create_timeout(Some(config.connect_timeout))
+            .recycle_timeout(Some(config.connect_timeout))
+            .build()
+            .map_err(|e| Error::backend(format!("building the pool: {e}")))?;
+        {
+            let (mut client, connection) =
+                tokio::time::timeout(config.connect_timeout, pg.connect(NoTls))
+                    .await
+                    .map_err(|_| Error::unavailable("timed out connecting to postgres"))?
+                    .map_err(db_error)?;
+            let driver = tokio::spawn(connection);
+            let migrated = crate::schema::migrate(&mut client, &config.schema).await;
+            drop(client);
+            let _ = driver.await;
+            migrated?;
+        }
+        let store = Arc::new(Store {
+            pool,
+            sql: Sql::new(&config.schema),
+            limits: config.limits.clone(),
+        });
+        let (hub, _) = broadcast::channel(1024);
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let alarm = Alarm::new();
+        tokio::spawn(listen(
+            listen_url,
+            store.sql.channel.clone(),
+            hub.clone(),
+            shutdown_rx.clone(),
+        ));
+        if config.run_sweeper {
+            tokio::spawn(sweep::run(
+                store.clone(),
+                hub.clone(),
+                alarm.clone(),
+                config.sweep_interval,
+                config.session_grace,
+                shutdown_rx,
+            ));
+        }
+        Ok(PgBackend {
+            inner: Arc::new(Inner {
+                store,
+                hub,
+                alarm,
+                shutdown,
+                recheck: config.recheck_interval,
+                schema: config.schema,
+            }),
+        })
+    }
+
+    /// The Postgres schema this backend uses.
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+
+    /// Runs one sweep now (what `Command::Tick` does); returns keys ticked.
+    pub async fn sweep(&self) -> Result<usize, Error> {
+        sweep::sweep(&self.inner.store, &self.inner.hub).await
+    }
+
+    async fn keyed(
+        &self,
+        key: &LockKey,
+        command: &Command,
+        request_id: Option<RequestId>,
+        acting: Acting,
+    ) -> Result<Applied, Error> {
+        let applied = self
+            .inner
+            .store
+            .apply_keyed(key, command, request_id, acting)
+            .await?;
+        self.after_commit(&applied);
+        Ok(applied)
+    }
+
+    /// Local wake-ups (remote ones come by NOTIFY) and the sweeper's alarm.
+    fn after_commit(&self, applied: &Applied) {
+        if affects_others(&applied.events) {
+            let _ = self.inner.hub.send(Wake::Key(applied.loaded.key.clone()));
+        }
+        if let Some(at) = applied.loaded.view.deadline() {
+            self.inner.alarm.deadline(at);
+        }
+    }
+
+    /// Reads `key`; if an expiry is due, ticks it first so the answer is
+    /// never built on state that a tick would change.
+    async fn current(&self, key: &LockKey, extra: &[SessionId]) -> Result<Loaded, Error> {
+        let loaded = self.inner.store.read(key, extra).await?;
+        if loaded.view.next_due().is_some_and(|at| at <= loaded.now) {
+            let acting = Acting {
+                session: extra.first().copied(),
+                share: false,
+            };
+            let applied = self.keyed(key, &Command::Tick, None, acting).await?;
+            return Ok(applied.loaded);
+        }
+        Ok(loaded)
+    }
+
+    /// How long until `at` on the server clock, seen from `now`.
+    fn until(now: Millis, at: Option<Millis>) -> Option<Duration> {
+        at.map(|at| Duration::from_millis(at.saturating_sub(now)))
+    }
+}
+
+fn wait_status(loaded: &Loaded, session: SessionId) -> WaitStatus {
+    match loaded.view.wait_view(session) {
+        WaitView::Finished(WaitOutcome::Granted(g)) | WaitView::Holding(g) => {
+            WaitStatus::Granted(g)
+        }
+        WaitView::Finished(WaitOutcome::Ended(why)) => WaitStatus::Ended(why),
+        WaitView::Waiting => WaitStatus::Waiting,
+        WaitView::Absent if !loaded.session_alive(session) => {
+            WaitStatus::Ended(WaitEnd::SessionEnded)
+        }
+        WaitView::Absent => WaitStatus::NotWaiting,
+    }
+}
+
+#[async_trait]
+impl Backend for PgBackend {
+    async fn execute(
+        &self,
+        command: Command,
+        request_id: Option<RequestId>,
+    ) -> Result<Response, Error> {
+        let store = &self.inner.store;
+        let (key, acting) = match &command {
+            Command::OpenSession { ttl_ms } => return store.open_session(*ttl_ms).await,
+            Command::KeepAlive { session } => return store.keep_alive(*session).await,
+            Command::CloseSession { session } => {
+                let (response, events) = store.close_session(*session).await?;
+                for (key, events) in events {
+                    if affects_others(&events) {
+                        let _ = self.inner.hub.send(Wake::Key(key));
+                    }
+                }
+                return Ok(response);
+            }
+            Command::Tick => {
+                self.sweep().await?;
+                return Ok(Response::Ticked);
+            }
+            Command::CreateLock { key, .. }
+            | Command::ForceRelease { key }
+            | Command::Destroy { key } => (
+                key,
+                Acting {
+                    session: None,
+                    share: false,
+                },
+            ),
+            Command::Acquire { key, session, .. } | Command::Steal { key, session } => (
+                key,
+                Acting {
+                    session: Some(*session),
+                    share: true,
+                },
+            ),
+            Command::CancelWait { key, session }
+            | Command::Release { key, session, .. }
+            | Command::Extend { key, session, .. } => (
+                key,
+                Acting {
+                    session: Some(*session),
+                    share: false,
+                },
+            ),
+        };
+        let applied = self.keyed(key, &command, request_id, acting).await?;
+        Ok(applied.outcome?)
+    }
+
+    async fn wait(
+        &self,
+        key: &LockKey,
+        session: SessionId,
+        max_wait: Duration,
+    ) -> Result<WaitStatus, Error> {
+        let give_up = Instant::now() + max_wait;
+        // Subscribe before reading, so a wake-up between the read and the
+        // sleep is not lost.
+        let mut woken = self.inner.hub.subscribe();
+        loop {
+            let loaded = self.current(key, &[session]).await?;
+            let status = wait_status(&loaded, session);
+            let now = Instant::now();
+            if status != WaitStatus::Waiting || now >= give_up {
+                return Ok(status);
+            }
+            let mut nap = (give_up - now).min(self.inner.recheck);
+            if let Some(due) = Self::until(loaded.now, loaded.view.next_due()) {
+                nap = nap.min(due);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = woken_for(&mut woken, key) => {}
+            }
+        }
+    }
+
+    async fn watch_hold(
+        &self,
+        key: &LockKey,
+        token: FencingToken,
+        max_wait: Duration,
+    ) -> Result<HolderInfo, Error> {
+        let give_up = Instant::now() + max_wait;
+        let mut woken = self.inner.hub.subscribe();
+        loop {
+            let loaded = self.current(key, &[]).await?;
+            let holder = loaded.view.validate(loaded.now, token)?;
+            let now = Instant::now();
+            if now >= give_up {
+                return Ok(holder);
+            }
+            let mut nap = (give_up - now).min(self.inner.recheck);
+            if let Some(due) = Self::until(loaded.now, loaded.view.next_due()) {
+                nap = nap.min(due);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                _ = woken_for(&mut woken, key) => {}
+            }
+        }
+    }
+
+    async fn validate(&self, key: &LockKey, token: FencingToken) -> Result<HolderInfo, Error> {
+        let loaded = self.inner.store.read(key, &[]).await?;
+        Ok(loaded.view.validate(loaded.now, token)?)
+    }
+
+    async fn describe(&self, key: &LockKey) -> Result<Option<LockInfo>, Error> {
+        let mut loaded = self.inner.store.read(key, &[]).await?;
+        // Show the state at the server's now (what a tick would make of it).
+        let now = loaded.now;
+        loaded.view.tick(now, &mut Vec::new());
+        Ok(loaded.view.describe())
+    }
+
+    async fn describe_session(&self, session: SessionId) -> Result<Option<SessionInfo>, Error> {
+        self.inner.store.describe_session(session).await
+    }
+}

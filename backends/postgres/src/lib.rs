@@ -1,0 +1,41 @@
+//! # fencelock-postgres
+//!
+//! A [`fencelock::Backend`] that keeps locks in PostgreSQL: fair FIFO mutexes
+//! and read/write locks, TTL leases, sessions, steal and fencing tokens for a
+//! team that already runs Postgres, without another service.
+//!
+//! Every command runs the core state machine ([`fencelock_core::KeyView`]) on
+//! the affected key's row inside one transaction (`SELECT … FOR UPDATE`,
+//! apply, write back), on the Postgres server's clock. Nothing lives in the
+//! Postgres session between transactions, so it works through pgbouncer in
+//! transaction mode. Waiters are woken by LISTEN/NOTIFY with a timed re-check;
+//! expiries are swept by every live client process (`FOR UPDATE SKIP
+//! LOCKED`). See the modules for each part:
+//!
+//! - [`config`]: the URL, schema name, pool size, intervals and limits;
+//! - `schema`: versioned migrations run on start under an advisory lock;
+//! - `store`: the transaction per command (two round trips);
+//! - `session`: open, keep-alive, close, describe a session;
+//! - `notify`: LISTEN/NOTIFY and local wake-ups;
+//! - `sweep`: expiry of leases, waits and sessions;
+//! - [`testkit`]: a throwaway Postgres server for tests and benches.
+//!
+//! Limits: per-lock limits and `max_locks_per_session` and `max_sessions`
+//! are enforced; `max_locks` (locks in the whole table) is not, because
+//! counting every row on each new key would cost more than it protects.
+
+mod backend;
+pub mod config;
+mod error;
+mod notify;
+mod pg;
+mod schema;
+mod session;
+mod sql;
+mod store;
+mod sweep;
+pub mod testkit;
+
+pub use backend::PgBackend;
+pub use config::PgConfig;
+pub use schema::SCHEMA_VERSION;

@@ -1,0 +1,105 @@
+//! The tables, created and upgraded by versioned migrations on start.
+//!
+//! Migrations run in one transaction under `pg_advisory_xact_lock` (a
+//! transaction-scoped lock, so it works through pgbouncer too): when several
+//! processes start at once, one migrates and the others wait, then see the
+//! new version and do nothing. A database newer than this library is refused.
+//!
+//! Layout (all in the configured schema):
+//! - `meta`: one row; `token_floor` is above every token of a purged tombstone.
+//! - `sessions` + sequence `session_ids`: id, TTL, expiry (ms, server clock).
+//! - `locks`: one row per key: the core's [`fencelock_core::LockRecord`]
+//!   (postcard bytes) plus columns the database needs to find rows:
+//!   `active` (sessions holding or waiting; GIN) for closing and expiring
+//!   sessions, `known` (every session the record mentions) to load them,
+//!   `deadline` (next lease end or wait deadline; indexed) for the sweeper,
+//!   `live`/`last_token`/`updated_at` for tombstones.
+
+use crate::error::db_error;
+use fencelock::Error;
+use tokio_postgres::Client;
+
+/// Version this library writes; `migrate` brings older schemas up to it.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Migration `i` brings the schema from version `i` to `i + 1`.
+fn migrations(s: &str) -> Vec<String> {
+    vec![format!(
+        "CREATE TABLE {s}.meta (
+             id smallint PRIMARY KEY CHECK (id = 1),
+             token_floor bigint NOT NULL);
+         INSERT INTO {s}.meta VALUES (1, 0);
+         CREATE SEQUENCE {s}.session_ids;
+         CREATE TABLE {s}.sessions (
+             id bigint PRIMARY KEY,
+             ttl_ms bigint NOT NULL,
+             expires_at bigint NOT NULL);
+         CREATE INDEX sessions_expiry ON {s}.sessions (expires_at);
+         CREATE TABLE {s}.locks (
+             namespace text NOT NULL,
+             name text NOT NULL,
+             record bytea NOT NULL,
+             live boolean NOT NULL,
+             active bigint[] NOT NULL,
+             known bigint[] NOT NULL,
+             deadline bigint,
+             last_token bigint NOT NULL,
+             updated_at bigint NOT NULL,
+             PRIMARY KEY (namespace, name));
+         CREATE INDEX locks_deadline ON {s}.locks (deadline) WHERE deadline IS NOT NULL;
+         CREATE INDEX locks_active ON {s}.locks USING gin (active) WITH (fastupdate = off);
+         CREATE INDEX locks_tombstones ON {s}.locks (updated_at) WHERE NOT live;"
+    )]
+}
+
+/// Creates the schema or upgrades it to [`SCHEMA_VERSION`].
+pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), Error> {
+    let tx = client.transaction().await.map_err(db_error)?;
+    let lock_name = format!("fencelock migrate {schema}");
+    tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_name])
+        .await
+        .map_err(db_error)?;
+    tx.batch_execute(&format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         CREATE TABLE IF NOT EXISTS {schema}.schema_version (
+             version integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now());"
+    ))
+    .await
+    .map_err(db_error)?;
+    let row = tx
+        .query_one(
+            &format!("SELECT coalesce(max(version), 0) FROM {schema}.schema_version"),
+            &[],
+        )
+        .await
+        .map_err(db_error)?;
+    let current: i32 = row.get(0);
+    if current > SCHEMA_VERSION {
+        return Err(Error::backend(format!(
+            "schema `{schema}` is at version {current}, newer than this library's \
+             {SCHEMA_VERSION}; upgrade fencelock-postgres"
+        )));
+    }
+    for (from, sql) in migrations(schema).iter().enumerate().skip(current as usize) {
+        tx.batch_execute(sql).await.map_err(db_error)?;
+        let to = from as i32 + 1;
+        tx.execute(
+            &format!("INSERT INTO {schema}.schema_version (version) VALUES ($1)"),
+            &[&to],
+        )
+        .await
+        .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_migration_per_version() {
+        assert_eq!(migrations("x").len(), SCHEMA_VERSION as usize);
+    }
+}

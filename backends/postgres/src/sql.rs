@@ -1,0 +1,136 @@
+//! Every statement the backend sends, with the schema filled in.
+//!
+//! All run as unnamed statements (`query_typed`: parse, bind and execute in
+//! one message group), so nothing lives in the Postgres session between
+//! transactions: no prepared statements, no `search_path`, no session
+//! advisory locks. That is what makes pgbouncer's transaction mode safe.
+
+/// The database clock in milliseconds. `clock_timestamp()`, not `now()`: the
+/// time when the statement runs, not when the transaction began.
+pub(crate) const NOW_MS: &str = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+pub(crate) struct Sql {
+    pub lock_row: String,
+    pub share_session: String,
+    pub load: String,
+    pub update: String,
+    pub insert: String,
+    pub notify: String,
+    pub count_active: String,
+    pub open_session: String,
+    pub keep_alive: String,
+    pub lock_session: String,
+    pub locks_of_session: String,
+    pub delete_session: String,
+    pub due_locks: String,
+    pub expired_session_locks: String,
+    pub next_deadline: String,
+    pub purge_sessions: String,
+    pub purge_tombstones: String,
+    pub session_row: String,
+    pub keys_of_session: String,
+    pub channel: String,
+}
+
+impl Sql {
+    pub fn new(s: &str) -> Sql {
+        let sessions_of = |known: &str, col: &str| {
+            format!(
+                "ARRAY(SELECT x.{col} FROM {s}.sessions x \
+                 WHERE x.id = ANY(coalesce({known}, '{{}}') || $3::bigint[]) ORDER BY x.id)"
+            )
+        };
+        let session_arrays = format!(
+            "{}, {}, {}",
+            sessions_of("l.known", "id"),
+            sessions_of("l.known", "ttl_ms"),
+            sessions_of("l.known", "expires_at")
+        );
+        Sql {
+            lock_row: format!(
+                "SELECT 1 FROM {s}.locks WHERE namespace = $1 AND name = $2 FOR UPDATE"
+            ),
+            share_session: format!("SELECT 1 FROM {s}.sessions WHERE id = $1 FOR KEY SHARE"),
+            // One statement, one snapshot: the clock, the floor, the record,
+            // and the rows of every session it mentions plus $3.
+            load: format!(
+                "SELECT {NOW_MS}, m.token_floor, l.record, {session_arrays} \
+                 FROM {s}.meta m LEFT JOIN {s}.locks l ON l.namespace = $1 AND l.name = $2"
+            ),
+            update: format!(
+                "UPDATE {s}.locks SET record = $3, live = $4, active = $5, known = $6, \
+                 deadline = $7, last_token = $8, updated_at = $9 \
+                 WHERE namespace = $1 AND name = $2"
+            ),
+            insert: format!(
+                "INSERT INTO {s}.locks \
+                 (namespace, name, record, live, active, known, deadline, last_token, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING"
+            ),
+            notify: "SELECT pg_notify($1, $2)".into(),
+            count_active: format!(
+                "SELECT count(*) FROM {s}.locks WHERE active @> ARRAY[$1::bigint] \
+                 AND NOT (namespace = $2 AND name = $3)"
+            ),
+            open_session: format!(
+                "WITH c AS (SELECT {NOW_MS} AS now), \
+                 live AS (SELECT count(*) AS n FROM (SELECT 1 FROM {s}.sessions, c \
+                          WHERE expires_at > c.now LIMIT $2) t) \
+                 INSERT INTO {s}.sessions (id, ttl_ms, expires_at) \
+                 SELECT nextval('{s}.session_ids'), $1, c.now + $1 FROM c, live WHERE live.n < $2 \
+                 RETURNING id, expires_at"
+            ),
+            keep_alive: format!(
+                "WITH c AS (SELECT {NOW_MS} AS now) \
+                 UPDATE {s}.sessions SET expires_at = GREATEST(expires_at, c.now + ttl_ms) \
+                 FROM c WHERE id = $1 AND expires_at > c.now RETURNING expires_at"
+            ),
+            lock_session: format!(
+                "SELECT {NOW_MS}, expires_at FROM {s}.sessions WHERE id = $1 FOR UPDATE"
+            ),
+            locks_of_session: format!(
+                "SELECT namespace, name FROM {s}.locks WHERE active @> ARRAY[$1::bigint] \
+                 ORDER BY namespace, name FOR UPDATE"
+            ),
+            delete_session: format!("DELETE FROM {s}.sessions WHERE id = $1"),
+            due_locks: format!(
+                "SELECT namespace, name FROM {s}.locks WHERE deadline <= {NOW_MS} \
+                 ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED"
+            ),
+            expired_session_locks: format!(
+                "SELECT namespace, name FROM {s}.locks WHERE active && ARRAY(\
+                     SELECT id FROM {s}.sessions WHERE expires_at <= {NOW_MS} \
+                     ORDER BY expires_at LIMIT 256) \
+                 ORDER BY namespace, name LIMIT $1 FOR UPDATE SKIP LOCKED"
+            ),
+            next_deadline: format!(
+                "SELECT {NOW_MS}, (SELECT min(deadline) FROM {s}.locks), \
+                 (SELECT min(expires_at) FROM {s}.sessions)"
+            ),
+            purge_sessions: format!(
+                "DELETE FROM {s}.sessions s WHERE s.id IN (\
+                     SELECT id FROM {s}.sessions WHERE expires_at <= {NOW_MS} - $1 \
+                     ORDER BY expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED) \
+                 AND NOT EXISTS (SELECT 1 FROM {s}.locks l WHERE l.active @> ARRAY[s.id])"
+            ),
+            purge_tombstones: format!(
+                "WITH gone AS (\
+                     DELETE FROM {s}.locks WHERE (namespace, name) IN (\
+                         SELECT namespace, name FROM {s}.locks \
+                         WHERE NOT live AND updated_at <= {NOW_MS} - $1 \
+                         LIMIT 1000 FOR UPDATE SKIP LOCKED) \
+                     AND NOT live RETURNING last_token) \
+                 UPDATE {s}.meta SET token_floor = GREATEST(token_floor, \
+                     (SELECT coalesce(max(last_token), 0) FROM gone))"
+            ),
+            session_row: format!(
+                "SELECT {NOW_MS}, ttl_ms, expires_at FROM {s}.sessions WHERE id = $1"
+            ),
+            keys_of_session: format!(
+                "SELECT namespace, name FROM {s}.locks WHERE active @> ARRAY[$1::bigint] \
+                 ORDER BY namespace, name"
+            ),
+            channel: format!("fencelock_{s}"),
+        }
+    }
+}

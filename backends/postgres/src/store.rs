@@ -1,0 +1,583 @@
+//! Running the core on one key (or a few) inside one Postgres transaction.
+//!
+//! A keyed command is two round trips, each a pipeline of statements:
+//!
+//! 1. `BEGIN`; `SELECT … FOR KEY SHARE` on the caller's session row (only for
+//!    `acquire`/`steal`, so a concurrent close cannot miss the new hold);
+//!    `SELECT … FOR UPDATE` on the lock's row; one `load` statement reading the
+//!    server clock, the token floor, the record and the rows of every session
+//!    the record mentions.
+//! 2. The core applies the command to a [`KeyView`]; then `UPDATE` (or
+//!    `INSERT … ON CONFLICT DO NOTHING` for a new key), `pg_notify` if other
+//!    clients are affected, and `COMMIT`.
+//!
+//! A failed statement aborts the transaction, so a failed command leaves
+//! nothing behind. Two creators of the same new key race on the insert; the
+//! loser's transaction commits nothing and runs again.
+
+use crate::error::{commit_error, corrupt, db_error, is_retryable, pool_error};
+use crate::pg::{self, Param};
+use crate::sql::Sql;
+use deadpool_postgres::{Object, Pool};
+use fencelock::Error;
+use fencelock_core::{
+    Command, Event, KeyView, Limits, LockKey, LockRecord, Millis, RequestId, Response, SessionId,
+    SessionRecord,
+};
+use futures_util::future::try_join_all;
+use tokio_postgres::types::Type;
+use tokio_postgres::{Client, Row};
+
+/// How often a transaction that lost an insert race is run again.
+const MAX_ATTEMPTS: usize = 8;
+
+/// One key as loaded inside (or outside) a transaction.
+pub(crate) struct Loaded {
+    pub key: LockKey,
+    /// The row existed (possibly as a tombstone).
+    pub existed: bool,
+    pub before: Option<LockRecord>,
+    pub view: KeyView,
+    /// Server clock when loaded.
+    pub now: Millis,
+    pub sessions: Vec<SessionRecord>,
+}
+
+impl Loaded {
+    /// Is `session` alive at the load's `now`, as the database has it?
+    pub fn session_alive(&self, session: SessionId) -> bool {
+        self.sessions
+            .iter()
+            .any(|s| s.id == session && s.expires_at > self.now)
+    }
+}
+
+/// What one transaction did to one key.
+pub(crate) struct Applied {
+    pub outcome: Result<Response, fencelock_core::LockError>,
+    pub events: Vec<Event>,
+    pub loaded: Loaded,
+}
+
+/// A row to write back.
+pub(crate) struct Write {
+    key: LockKey,
+    insert: bool,
+    bytes: Vec<u8>,
+    live: bool,
+    active: Vec<i64>,
+    known: Vec<i64>,
+    deadline: Option<i64>,
+    last_token: i64,
+    updated_at: i64,
+}
+
+pub(crate) struct Store {
+    pub pool: Pool,
+    pub sql: Sql,
+    pub limits: Limits,
+}
+
+/// Which extra checks a keyed command needs.
+#[derive(Clone, Copy)]
+pub(crate) struct Acting {
+    /// The caller's session (loaded even if the record does not mention it).
+    pub session: Option<SessionId>,
+    /// Take `FOR KEY SHARE` on the session row (the command may add it to the lock).
+    pub share: bool,
+}
+
+pub(crate) fn to_i64(v: u64, what: &str) -> Result<i64, Error> {
+    i64::try_from(v).map_err(|_| corrupt(format!("{what} {v} does not fit a bigint")))
+}
+
+fn to_u64(v: i64, what: &str) -> Result<u64, Error> {
+    u64::try_from(v).map_err(|_| corrupt(format!("{what} {v} is negative")))
+}
+
+impl Store {
+    pub async fn client(&self) -> Result<Object, Error> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Decodes a row of the `load` statement.
+    pub fn decode_load(&self, key: &LockKey, row: Option<&Row>) -> Result<Loaded, Error> {
+        let row = row.ok_or_else(|| corrupt("the meta row is missing"))?;
+        let get_err = |e: tokio_postgres::Error| corrupt(format!("load of {key}: {e}"));
+        let now: i64 = row.try_get(0).map_err(get_err)?;
+        let floor: i64 = row.try_get(1).map_err(get_err)?;
+        let bytes: Option<Vec<u8>> = row.try_get(2).map_err(get_err)?;
+        let ids: Vec<i64> = row.try_get(3).map_err(get_err)?;
+        let ttls: Vec<i64> = row.try_get(4).map_err(get_err)?;
+        let expiries: Vec<i64> = row.try_get(5).map_err(get_err)?;
+        let before = bytes
+            .as_deref()
+            .map(LockRecord::from_bytes)
+            .transpose()
+            .map_err(|e| corrupt(format!("record of {key}: {e}")))?;
+        let mut sessions = Vec::with_capacity(ids.len());
+        for ((id, ttl), exp) in ids.iter().zip(&ttls).zip(&expiries) {
+            sessions.push(SessionRecord {
+                id: SessionId(to_u64(*id, "session id")?),
+                ttl_ms: to_u64(*ttl, "session ttl")?,
+                expires_at: to_u64(*exp, "session expiry")?,
+            });
+        }
+        let view = KeyView::load(
+            self.limits.clone(),
+            key.clone(),
+            before.clone(),
+            &sessions,
+            to_u64(floor, "token floor")?,
+        );
+        Ok(Loaded {
+            key: key.clone(),
+            existed: bytes.is_some(),
+            before,
+            view,
+            now: to_u64(now, "clock")?,
+            sessions,
+        })
+    }
+
+    /// Reads one key outside any transaction (one round trip, one snapshot).
+    pub async fn read(&self, key: &LockKey, extra: &[SessionId]) -> Result<Loaded, Error> {
+        let client = self.client().await?;
+        let row = self.load(&client, key, extra).await.map_err(db_error)?;
+        self.decode_load(key, row.as_ref())
+    }
+
+    fn load<'a>(
+        &'a self,
+        client: &'a Client,
+        key: &'a LockKey,
+        extra: &[SessionId],
+    ) -> impl std::future::Future<Output = Result<Option<Row>, tokio_postgres::Error>> + 'a {
+        let extra: Vec<i64> = extra.iter().map(|s| s.0 as i64).collect();
+        async move {
+            let (ns, name) = (key.namespace(), key.name());
+            let params: Vec<Param> = vec![
+                (&ns, Type::TEXT),
+                (&name, Type::TEXT),
+                (&extra, Type::INT8_ARRAY),
+            ];
+            let rows = pg::query(client, &self.sql.load, params).await?;
+            Ok(rows.into_iter().next())
+        }
+    }
+
+    /// Applies `command` to `key` in its own transaction (see the module docs).
+    pub async fn apply_keyed(
+        &self,
+        key: &LockKey,
+        command: &Command,
+        request_id: Option<RequestId>,
+        acting: Acting,
+    ) -> Result<Applied, Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_apply_keyed(key, command, request_id, acting).await {
+                Ok(Some(applied)) => return Ok(applied),
+                Ok(None) if attempt < MAX_ATTEMPTS => continue,
+                Ok(None) => {
+                    return Err(Error::unavailable(format!(
+                        "lost the race to create {key} {MAX_ATTEMPTS} times"
+                    )))
+                }
+                Err(Retry::Again(_)) if attempt < MAX_ATTEMPTS => continue,
+                Err(Retry::Again(e)) | Err(Retry::Fail(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// `Ok(None)`: lost an insert race, nothing applied, run again.
+    async fn try_apply_keyed(
+        &self,
+        key: &LockKey,
+        command: &Command,
+        request_id: Option<RequestId>,
+        acting: Acting,
+    ) -> Result<Option<Applied>, Retry> {
+        let client = self.client().await.map_err(Retry::Fail)?;
+        let extra: Vec<SessionId> = acting.session.into_iter().collect();
+        let sid = acting.session.map(|s| s.0 as i64).unwrap_or(0);
+        let count_others = match command {
+            Command::Acquire { .. } | Command::Steal { .. } => acting.session.is_some(),
+            _ => false,
+        };
+        let (ns, name) = (key.namespace(), key.name());
+        // Round trip 1: BEGIN, session share lock, row lock, load.
+        let first = tokio::try_join!(
+            client.batch_execute("BEGIN"),
+            async {
+                if acting.share && acting.session.is_some() {
+                    pg::query(&client, &self.sql.share_session, vec![(&sid, Type::INT8)]).await?;
+                }
+                Ok(())
+            },
+            pg::query(
+                &client,
+                &self.sql.lock_row,
+                vec![(&ns, Type::TEXT), (&name, Type::TEXT)]
+            ),
+            async {
+                if !count_others {
+                    return Ok(0);
+                }
+                let params: Vec<Param> =
+                    vec![(&sid, Type::INT8), (&ns, Type::TEXT), (&name, Type::TEXT)];
+                let rows = pg::query(&client, &self.sql.count_active, params).await?;
+                Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0))
+            },
+            self.load(&client, key, &extra),
+        );
+        let (_, _, _, others, row) = match first {
+            Ok(r) => r,
+            Err(e) => return Err(abort(client, e).await),
+        };
+        let mut loaded = match self.decode_load(key, row.as_ref()) {
+            Ok(l) => l,
+            Err(e) => {
+                rollback(client).await;
+                return Err(Retry::Fail(e));
+            }
+        };
+        let involved = |l: &Loaded, s| l.view.session_part(s) != (None, false);
+        let before = acting.session.is_some_and(|s| involved(&loaded, s));
+        let mut events = Vec::new();
+        let outcome = loaded
+            .view
+            .apply(loaded.now, request_id, command, &mut events);
+        // The core sees one key; the session's other keys are counted here.
+        let max = self.limits.max_locks_per_session;
+        if let Some(session) = acting.session {
+            if count_others
+                && outcome.is_ok()
+                && !before
+                && involved(&loaded, session)
+                && others as u64 >= max
+            {
+                rollback(client).await;
+                return Ok(Some(Applied {
+                    outcome: Err(fencelock_core::LockError::ResourceExhausted {
+                        limit: "max_locks_per_session".into(),
+                        max,
+                    }),
+                    events: Vec::new(),
+                    loaded,
+                }));
+            }
+        }
+        let write = match plan_write(&loaded) {
+            Ok(w) => w,
+            Err(e) => {
+                rollback(client).await;
+                return Err(Retry::Fail(e));
+            }
+        };
+        let notify = affects_others(&events);
+        // Round trip 2: write, notify, commit.
+        let inserted = self
+            .write_and_commit(
+                &client,
+                write.into_iter().collect(),
+                notify.then_some(key),
+                None,
+            )
+            .await;
+        match inserted {
+            Ok(true) => {
+                loaded.existed = true;
+                Ok(Some(Applied {
+                    outcome,
+                    events,
+                    loaded,
+                }))
+            }
+            Ok(false) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Pipelines the writes, the notifications, an optional extra statement
+    /// (`DELETE` of a closed session) and `COMMIT`. `Ok(false)`: an insert
+    /// lost a race (the transaction committed nothing of ours).
+    pub(crate) async fn write_and_commit(
+        &self,
+        client: &Client,
+        writes: Vec<Write>,
+        notify: Option<&LockKey>,
+        delete_session: Option<i64>,
+    ) -> Result<bool, Retry> {
+        self.write_many_and_commit(client, writes, notify.into_iter().collect(), delete_session)
+            .await
+    }
+
+    pub(crate) async fn write_many_and_commit(
+        &self,
+        client: &Client,
+        writes: Vec<Write>,
+        notify: Vec<&LockKey>,
+        delete_session: Option<i64>,
+    ) -> Result<bool, Retry> {
+        let channel = self.sql.channel.as_str();
+        let payloads: Vec<String> = notify.iter().map(|k| crate::notify::payload(k)).collect();
+        let result = tokio::try_join!(
+            try_join_all(writes.iter().map(|w| self.write(client, w))),
+            try_join_all(payloads.iter().map(|p| {
+                let params: Vec<Param> = vec![(&channel, Type::TEXT), (p, Type::TEXT)];
+                pg::query(client, &self.sql.notify, params)
+            })),
+            async {
+                if let Some(id) = delete_session {
+                    pg::execute(client, &self.sql.delete_session, vec![(&id, Type::INT8)]).await?;
+                }
+                Ok(())
+            },
+            client.batch_execute("COMMIT"),
+        );
+        match result {
+            Ok((counts, _, _, _)) => Ok(counts.iter().all(|n| *n == 1)),
+            Err(e) if is_retryable(&e) => Err(Retry::Again(db_error(e))),
+            Err(e) => Err(Retry::Fail(commit_error(e))),
+        }
+    }
+
+    async fn write(&self, client: &Client, w: &Write) -> Result<u64, tokio_postgres::Error> {
+        let sql = if w.insert {
+            &self.sql.insert
+        } else {
+            &self.sql.update
+        };
+        let (ns, name) = (w.key.namespace(), w.key.name());
+        let params: Vec<Param> = vec![
+            (&ns, Type::TEXT),
+            (&name, Type::TEXT),
+            (&w.bytes, Type::BYTEA),
+            (&w.live, Type::BOOL),
+            (&w.active, Type::INT8_ARRAY),
+            (&w.known, Type::INT8_ARRAY),
+            (&w.deadline, Type::INT8),
+            (&w.last_token, Type::INT8),
+            (&w.updated_at, Type::INT8),
+        ];
+        pg::execute(client, sql, params).await
+    }
+}
+
+/// Why a transaction attempt failed.
+pub(crate) enum Retry {
+    /// Nothing was applied and running again may succeed.
+    Again(Error),
+    /// Give up with this error.
+    Fail(Error),
+}
+
+/// After an error in round trip 1: roll back and classify.
+pub(crate) async fn abort(client: Object, e: tokio_postgres::Error) -> Retry {
+    rollback(client).await;
+    if is_retryable(&e) {
+        Retry::Again(db_error(e))
+    } else {
+        Retry::Fail(db_error(e))
+    }
+}
+
+/// Ends the transaction; a connection that cannot is dropped, not pooled.
+pub(crate) async fn rollback(client: Object) {
+    if client.batch_execute("ROLLBACK").await.is_err() {
+        drop(Object::take(client));
+    }
+}
+
+/// The row to write for `loaded` after the command, if anything changed.
+pub(crate) fn plan_write(loaded: &Loaded) -> Result<Option<Write>, Error> {
+    let record = loaded.view.record();
+    if !loaded.existed && record.is_empty() {
+        return Ok(None);
+    }
+    if let Some(before) = &loaded.before {
+        if loaded.existed && before.same_state_as(&record) {
+            return Ok(None);
+        }
+    }
+    let ids = |v: Vec<SessionId>| v.into_iter().map(|s| s.0 as i64).collect::<Vec<i64>>();
+    Ok(Some(Write {
+        key: loaded.key.clone(),
+        insert: !loaded.existed,
+        bytes: record
+            .to_bytes()
+            .map_err(|e| corrupt(format!("encoding: {e}")))?,
+        live: record.exists(),
+        active: ids(record.active_sessions()),
+        known: ids(record.sessions()),
+        deadline: loaded
+            .view
+            .deadline()
+            .map(|d| to_i64(d, "deadline"))
+            .transpose()?,
+        last_token: to_i64(record.last_token().0, "token")?,
+        updated_at: to_i64(loaded.view.now(), "time")?,
+    }))
+}
+
+/// Whether a transition changed anything for a client other than the caller.
+pub(crate) fn affects_others(events: &[Event]) -> bool {
+    events.iter().any(|e| {
+        matches!(
+            e,
+            Event::Granted { .. } | Event::WaitEnded { .. } | Event::HoldLost { .. }
+        )
+    })
+}
+
+/// The result of a transaction over several keys.
+pub(crate) struct Batch {
+    pub applied: Vec<Applied>,
+    /// Server clock and expiry of the session locked first, if one was.
+    pub session: Option<(Millis, Option<Millis>)>,
+}
+
+/// A `SELECT … FOR UPDATE` naming the keys a batch works on.
+pub(crate) struct Selection<'a> {
+    pub sql: &'a str,
+    pub param: i64,
+}
+
+impl Store {
+    /// In one transaction: optionally lock a session row (`FOR UPDATE`),
+    /// lock the keys `select` returns, apply `command` to each, write back,
+    /// optionally delete the session row, commit. Runs again on a deadlock
+    /// or lost insert race.
+    pub async fn apply_selected(
+        &self,
+        lock_session: Option<SessionId>,
+        select: Selection<'_>,
+        command: &Command,
+        delete_session: bool,
+    ) -> Result<Batch, Error> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .try_apply_selected(lock_session, &select, command, delete_session)
+                .await
+            {
+                Ok(Some(batch)) => return Ok(batch),
+                Ok(None) | Err(Retry::Again(_)) if attempt < MAX_ATTEMPTS => continue,
+                Ok(None) => return Err(Error::unavailable("lost an insert race too often")),
+                Err(Retry::Again(e)) | Err(Retry::Fail(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_apply_selected(
+        &self,
+        lock_session: Option<SessionId>,
+        select: &Selection<'_>,
+        command: &Command,
+        delete_session: bool,
+    ) -> Result<Option<Batch>, Retry> {
+        let client = self.client().await.map_err(Retry::Fail)?;
+        let sid = lock_session.map(|s| s.0 as i64).unwrap_or(0);
+        // Round trip 1: BEGIN, the session row, the keys.
+        let first = tokio::try_join!(
+            client.batch_execute("BEGIN"),
+            async {
+                if lock_session.is_none() {
+                    return Ok(None);
+                }
+                let rows =
+                    pg::query(&client, &self.sql.lock_session, vec![(&sid, Type::INT8)]).await?;
+                Ok(Some(rows))
+            },
+            pg::query(&client, select.sql, vec![(&select.param, Type::INT8)]),
+        );
+        let (_, session_rows, key_rows) = match first {
+            Ok(r) => r,
+            Err(e) => return Err(abort(client, e).await),
+        };
+        let mut keys = Vec::with_capacity(key_rows.len());
+        for row in &key_rows {
+            let (ns, name): (&str, &str) = (row.get(0), row.get(1));
+            match LockKey::new(ns, name) {
+                Ok(k) => keys.push(k),
+                Err(e) => {
+                    rollback(client).await;
+                    return Err(Retry::Fail(corrupt(format!("stored key: {e}"))));
+                }
+            }
+        }
+        let session = match session_rows {
+            Some(rows) => {
+                let now_and_expiry = rows
+                    .first()
+                    .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)));
+                Some(now_and_expiry)
+            }
+            None => None,
+        };
+        // Round trip 2: load every key.
+        let extra: Vec<SessionId> = lock_session.into_iter().collect();
+        let rows = match try_join_all(keys.iter().map(|k| self.load(&client, k, &extra))).await {
+            Ok(rows) => rows,
+            Err(e) => return Err(abort(client, e).await),
+        };
+        let mut applied = Vec::with_capacity(keys.len());
+        let mut writes = Vec::new();
+        for (key, row) in keys.iter().zip(&rows) {
+            let mut loaded = match self.decode_load(key, row.as_ref()) {
+                Ok(l) => l,
+                Err(e) => {
+                    rollback(client).await;
+                    return Err(Retry::Fail(e));
+                }
+            };
+            let mut events = Vec::new();
+            let outcome = loaded.view.apply(loaded.now, None, command, &mut events);
+            match plan_write(&loaded) {
+                Ok(Some(w)) => writes.push(w),
+                Ok(None) => {}
+                Err(e) => {
+                    rollback(client).await;
+                    return Err(Retry::Fail(e));
+                }
+            }
+            loaded.existed = true;
+            applied.push(Applied {
+                outcome,
+                events,
+                loaded,
+            });
+        }
+        let notify: Vec<&LockKey> = applied
+            .iter()
+            .filter(|a| affects_others(&a.events))
+            .map(|a| &a.loaded.key)
+            .collect();
+        // Round trip 3: write, notify, delete the session, commit.
+        let delete = delete_session.then_some(sid);
+        match self
+            .write_many_and_commit(&client, writes, notify, delete)
+            .await?
+        {
+            true => {}
+            false => return Ok(None),
+        }
+        let session = match (lock_session, session) {
+            (Some(_), Some(found)) => {
+                let now = applied.first().map(|a| a.loaded.now);
+                Some(match found {
+                    Some((now_db, exp)) => (
+                        now.unwrap_or(to_u64(now_db, "clock").map_err(Retry::Fail)?),
+                        Some(to_u64(exp, "session expiry").map_err(Retry::Fail)?),
+                    ),
+                    None => (now.unwrap_or(0), None),
+                })
+            }
+            _ => None,
+        };
+        Ok(Some(Batch { applied, session }))
+    }
+}

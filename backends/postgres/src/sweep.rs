@@ -1,0 +1,166 @@
+//! Expiry without a daemon: every live client process sweeps.
+//!
+//! Each pass ticks, in batches, (1) locks whose `deadline` (a lease end or a
+//! wait deadline) has passed, found through the partial index on `deadline`,
+//! and (2) locks held or awaited by sessions whose expiry has passed, found
+//! through the sessions' expiry index and the GIN index on `active`. Rows are
+//! taken with `FOR UPDATE SKIP LOCKED`, so processes sweeping at once split
+//! the work instead of queueing on each other. Now and then a pass also
+//! deletes expired session rows no lock refers to, and old tombstones
+//! (raising the token floor above their last tokens first).
+//!
+//! The core processes each expiry at its own instant, so a late sweep never
+//! lengthens a lease as far as tokens and grants are concerned; it only
+//! delays when the next waiter *learns* of its grant. Waiters whose lock has
+//! a due expiry also tick it themselves.
+
+use crate::notify::Wake;
+use crate::store::{Selection, Store};
+use fencelock::Error;
+use fencelock_core::Command;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{broadcast, watch, Notify};
+use tokio::time::Instant;
+use tokio_postgres::types::Type;
+
+/// Keys ticked per transaction.
+const BATCH: i64 = 32;
+/// How often expired sessions and tombstones are purged.
+const PURGE_EVERY: Duration = Duration::from_secs(10);
+/// Tombstones (destroyed keys) are kept this long for late waiters.
+const TOMBSTONE_TTL_MS: i64 = 10 * 60 * 1000;
+
+/// Ticks every due key (both kinds), batch after batch. Returns how many
+/// keys were ticked.
+pub(crate) async fn sweep(store: &Store, hub: &broadcast::Sender<Wake>) -> Result<usize, Error> {
+    let mut total = 0;
+    for sql in [&store.sql.due_locks, &store.sql.expired_session_locks] {
+        loop {
+            let batch = store
+                .apply_selected(None, Selection { sql, param: BATCH }, &Command::Tick, false)
+                .await?;
+            for a in &batch.applied {
+                if crate::store::affects_others(&a.events) {
+                    let _ = hub.send(Wake::Key(a.loaded.key.clone()));
+                }
+            }
+            total += batch.applied.len();
+            if (batch.applied.len() as i64) < BATCH {
+                break;
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Deletes expired session rows nobody refers to and old tombstones.
+async fn purge(store: &Store, session_grace: Duration) -> Result<(), Error> {
+    let grace = i64::try_from(session_grace.as_millis()).unwrap_or(i64::MAX);
+    let client = store.client().await?;
+    tokio::try_join!(
+        crate::pg::execute(
+            &client,
+            &store.sql.purge_sessions,
+            vec![(&grace, Type::INT8)]
+        ),
+        crate::pg::execute(
+            &client,
+            &store.sql.purge_tombstones,
+            vec![(&TOMBSTONE_TTL_MS, Type::INT8)]
+        ),
+    )
+    .map_err(crate::error::db_error)?;
+    Ok(())
+}
+
+/// How long until the next known deadline (capped by `interval`).
+async fn next_sleep(store: &Store, interval: Duration) -> Result<(Duration, i64), Error> {
+    let client = store.client().await?;
+    let row = crate::pg::query(&client, &store.sql.next_deadline, Vec::new())
+        .await
+        .map_err(crate::error::db_error)?;
+    let Some(row) = row.first() else {
+        return Ok((interval, 0));
+    };
+    let now: i64 = row.get(0);
+    let lock_deadline: Option<i64> = row.get(1);
+    let session_expiry: Option<i64> = row.get(2);
+    let next = [lock_deadline, session_expiry]
+        .into_iter()
+        .flatten()
+        .filter(|at| *at > now)
+        .min();
+    let sleep = match next {
+        Some(at) => Duration::from_millis((at - now) as u64).min(interval),
+        None => interval,
+    };
+    Ok((sleep, now))
+}
+
+/// Wakes the sweeper early when a command creates an earlier deadline.
+pub(crate) struct Alarm {
+    /// Server time (ms) the sweeper will next look; `i64::MAX` while sweeping.
+    planned: AtomicI64,
+    notify: Notify,
+}
+
+impl Alarm {
+    pub fn new() -> Arc<Alarm> {
+        Arc::new(Alarm {
+            planned: AtomicI64::new(i64::MAX),
+            notify: Notify::new(),
+        })
+    }
+
+    /// A key now has a deadline at `at` (server ms).
+    pub fn deadline(&self, at: u64) {
+        if (at as i64) < self.planned.load(Ordering::Relaxed) {
+            self.notify.notify_one();
+        }
+    }
+}
+
+/// The sweeper task: sweeps, sleeps until the next deadline (at most
+/// `interval`, sooner when poked), until `shutdown`.
+pub(crate) async fn run(
+    store: Arc<Store>,
+    hub: broadcast::Sender<Wake>,
+    alarm: Arc<Alarm>,
+    interval: Duration,
+    session_grace: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut last_purge = Instant::now();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        alarm.planned.store(i64::MAX, Ordering::Relaxed);
+        if let Err(e) = sweep(&store, &hub).await {
+            tracing::debug!("fencelock sweep: {e}");
+        }
+        if last_purge.elapsed() >= PURGE_EVERY {
+            last_purge = Instant::now();
+            if let Err(e) = purge(&store, session_grace).await {
+                tracing::debug!("fencelock purge: {e}");
+            }
+        }
+        let sleep = match next_sleep(&store, interval).await {
+            Ok((sleep, now)) => {
+                let ms = i64::try_from(sleep.as_millis()).unwrap_or(i64::MAX);
+                alarm
+                    .planned
+                    .store(now.saturating_add(ms), Ordering::Relaxed);
+                sleep
+            }
+            Err(_) => interval,
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(sleep) => {}
+            _ = alarm.notify.notified() => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
