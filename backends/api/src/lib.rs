@@ -8,12 +8,19 @@
 //! - [`Error`]: the one error enum, mapped to wire status codes by [`Error::code`].
 
 mod backend;
+mod client;
 mod error;
+mod guard;
+mod handle;
+mod session;
 
 pub use backend::{grant_of, Backend, WaitStatus, DEFAULT_POLL};
+pub use client::{Client, ClientBuilder};
 pub use error::Error;
 pub use fencelock_core::{
     Command, Event, FencingToken, Grant, HoldEnd, HolderInfo, Limits, LockError, LockInfo, LockKey,
     LockKind, Millis, Mode, RequestId, Response, SessionId, SessionInfo, StatusCode, WaitEnd,
     WaiterInfo, MAX_NAMESPACE_LEN, MAX_NAME_LEN,
 };
+pub use guard::LockGuard;
+pub use handle::{LockHandle, RwLockHandle};

@@ -1,0 +1,266 @@
+//! The client's sessions: a small pool, one keep-alive task for all of them.
+//!
+//! # Why a pool
+//! The core lets one session hold or wait for a key only once (`AlreadyHeld`,
+//! `AlreadyWaiting`), which is what makes a session's hold unambiguous. Tasks
+//! of one client that contend for the same key therefore each borrow a
+//! different session: the first free one in the pool, or a new one. So two
+//! tasks of one client contend exactly like two clients — in the backend's
+//! FIFO queue, with their own fencing tokens — and no in-process queue can
+//! reorder them. Most clients only ever need the first session.
+
+use crate::{Backend, Error};
+use fencelock_core::{Command, LockError, LockKey, RequestId, Response, SessionId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// One backend session of a client.
+#[derive(Debug)]
+pub(crate) struct Session {
+    pub id: SessionId,
+    next_request: AtomicU64,
+    /// Fires when the session is gone (expired, closed, or not kept alive
+    /// in time): every guard on it has lost its lock.
+    pub gone: CancellationToken,
+}
+
+impl Session {
+    fn new(id: SessionId) -> Self {
+        Session {
+            id,
+            next_request: AtomicU64::new(1),
+            gone: CancellationToken::new(),
+        }
+    }
+
+    /// A fresh request id (increasing per session, as the core expects).
+    pub fn request_id(&self) -> RequestId {
+        RequestId(self.next_request.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+/// The client's live sessions and which keys each is busy with.
+#[derive(Default)]
+struct Pool {
+    sessions: Vec<Arc<Session>>,
+    /// Key → sessions holding or waiting for it through this client.
+    busy: HashMap<LockKey, Vec<SessionId>>,
+    closed: bool,
+}
+
+/// Sessions, keep-alive and retries: what every lock operation goes through.
+pub(crate) struct Sessions {
+    pub backend: Arc<dyn Backend>,
+    pub ttl: Duration,
+    pub retries: u32,
+    pool: Mutex<Pool>,
+}
+
+impl Sessions {
+    pub fn new(backend: Arc<dyn Backend>, ttl: Duration, retries: u32) -> Self {
+        Sessions {
+            backend,
+            ttl,
+            retries,
+            pool: Mutex::new(Pool::default()),
+        }
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        match self.pool.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Opens a session and adds it to the pool.
+    pub async fn open(&self) -> Result<Arc<Session>, Error> {
+        let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
+        let command = Command::OpenSession { ttl_ms };
+        match self.retry(None, command).await? {
+            Response::SessionOpened { session, .. } => {
+                let s = Arc::new(Session::new(session));
+                let closed = {
+                    let mut pool = self.pool();
+                    if !pool.closed {
+                        pool.sessions.push(s.clone());
+                    }
+                    pool.closed
+                };
+                if closed {
+                    self.close_one(&s).await;
+                    return Err(Error::Closed);
+                }
+                Ok(s)
+            }
+            other => Err(unexpected("open_session", &other)),
+        }
+    }
+
+    /// Borrows a session that neither holds nor waits for `key` through this
+    /// client, opening one if all are busy with it.
+    pub async fn checkout(&self, key: &LockKey) -> Result<Arc<Session>, Error> {
+        {
+            let mut pool = self.pool();
+            let pool = &mut *pool;
+            if pool.closed {
+                return Err(Error::Closed);
+            }
+            let busy = pool.busy.get(key);
+            let free = pool
+                .sessions
+                .iter()
+                .find(|s| busy.is_none_or(|b| !b.contains(&s.id)) && !s.gone.is_cancelled());
+            if let Some(s) = free {
+                let s = s.clone();
+                pool.busy.entry(key.clone()).or_default().push(s.id);
+                return Ok(s);
+            }
+        }
+        let s = self.open().await?;
+        self.pool().busy.entry(key.clone()).or_default().push(s.id);
+        Ok(s)
+    }
+
+    /// Returns a borrowed session: it no longer holds or waits for `key`.
+    pub fn checkin(&self, key: &LockKey, session: SessionId) {
+        let mut pool = self.pool();
+        if let Some(b) = pool.busy.get_mut(key) {
+            b.retain(|s| *s != session);
+            if b.is_empty() {
+                pool.busy.remove(key);
+            }
+        }
+    }
+
+    /// Executes with retries: a retryable error is retried with the *same*
+    /// request id, so a command applied before the error is not applied twice.
+    pub async fn retry(
+        &self,
+        request_id: Option<RequestId>,
+        command: Command,
+    ) -> Result<Response, Error> {
+        let mut attempt = 0;
+        loop {
+            match self.backend.execute(command.clone(), request_id).await {
+                Err(e) if e.is_retryable() && attempt < self.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(backoff(attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Executes a command of `session` with a fresh request id and retries.
+    pub async fn execute(&self, session: &Session, command: Command) -> Result<Response, Error> {
+        self.execute_as(session, session.request_id(), command)
+            .await
+    }
+
+    /// Executes a command of `session` with the given request id and retries.
+    pub async fn execute_as(
+        &self,
+        session: &Session,
+        request_id: RequestId,
+        command: Command,
+    ) -> Result<Response, Error> {
+        let r = self.retry(Some(request_id), command).await;
+        if let Err(Error::Lock(LockError::SessionNotFound { .. })) = &r {
+            self.lost(session.id);
+        }
+        r
+    }
+
+    /// Marks a session gone (its guards' lost notices fire) and drops it.
+    pub fn lost(&self, id: SessionId) {
+        let mut pool = self.pool();
+        if let Some(i) = pool.sessions.iter().position(|s| s.id == id) {
+            let s = pool.sessions.swap_remove(i);
+            s.gone.cancel();
+        }
+    }
+
+    fn snapshot(&self) -> Vec<Arc<Session>> {
+        self.pool().sessions.clone()
+    }
+
+    /// Closes every session; later operations answer `Closed`.
+    pub async fn close(&self) {
+        let sessions = {
+            let mut pool = self.pool();
+            pool.closed = true;
+            pool.busy.clear();
+            std::mem::take(&mut pool.sessions)
+        };
+        for s in sessions {
+            self.close_one(&s).await;
+        }
+    }
+
+    async fn close_one(&self, s: &Session) {
+        let command = Command::CloseSession { session: s.id };
+        let _ = self.retry(Some(s.request_id()), command).await;
+        s.gone.cancel();
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.pool().closed
+    }
+
+    /// Closes the pool without talking to the backend (no runtime left).
+    pub fn abandon(&self) -> Vec<Arc<Session>> {
+        let mut pool = self.pool();
+        pool.closed = true;
+        std::mem::take(&mut pool.sessions)
+    }
+}
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(10u64.saturating_mul(1 << attempt.min(6)))
+}
+
+pub(crate) fn unexpected(what: &str, r: &Response) -> Error {
+    Error::backend(format!("{what} answered an unexpected {r:?}"))
+}
+
+/// Keeps every session of the pool alive: a keep-alive per session every
+/// `interval`. A session the backend no longer knows, or one that could not
+/// be kept alive for a whole TTL (the backend may have expired it), is
+/// marked gone. Ends when the client is dropped or closed.
+pub(crate) async fn keep_alive(sessions: Weak<Sessions>, interval: Duration) {
+    let mut last_ok: HashMap<SessionId, tokio::time::Instant> = HashMap::new();
+    loop {
+        tokio::time::sleep(interval).await;
+        let Some(all) = sessions.upgrade() else {
+            return;
+        };
+        if all.is_closed() {
+            return;
+        }
+        for s in all.snapshot() {
+            let command = Command::KeepAlive { session: s.id };
+            let started = tokio::time::Instant::now();
+            let seen = *last_ok.entry(s.id).or_insert(started);
+            match all.backend.execute(command, Some(s.request_id())).await {
+                Ok(_) => {
+                    last_ok.insert(s.id, started);
+                }
+                Err(Error::Lock(LockError::SessionNotFound { .. })) => all.lost(s.id),
+                Err(e) => {
+                    if started.duration_since(seen) >= all.ttl {
+                        tracing::warn!(session = %s.id, error = %e, "session not kept alive for a whole TTL; treating it as lost");
+                        all.lost(s.id);
+                    } else {
+                        tracing::debug!(session = %s.id, error = %e, "keep-alive failed; retrying");
+                    }
+                }
+            }
+        }
+        let live: Vec<SessionId> = all.snapshot().iter().map(|s| s.id).collect();
+        last_ok.retain(|id, _| live.contains(id));
+    }
+}
