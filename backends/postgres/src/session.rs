@@ -8,7 +8,7 @@
 //! row — all in one transaction, so its holds and waits end together.
 
 use crate::error::{corrupt, db_error};
-use crate::store::{to_i64, Selection, Store};
+use crate::store::{session_param, to_i64, Selection, Store};
 use fencelock::Error;
 use fencelock_core::{
     check_open_session, Command, Event, LockError, LockKey, Millis, Response, SessionId,
@@ -45,7 +45,7 @@ impl Store {
     }
 
     pub async fn keep_alive(&self, session: SessionId) -> Result<Response, Error> {
-        let id = to_i64(session.0, "session")?;
+        let id = session_param(session);
         let client = self.client().await?;
         let rows = crate::pg::query(&client, &self.sql.keep_alive, vec![(&id, Type::INT8)])
             .await
@@ -63,7 +63,7 @@ impl Store {
         &self,
         session: SessionId,
     ) -> Result<(Response, Vec<(LockKey, Vec<Event>)>), Error> {
-        let id = to_i64(session.0, "session")?;
+        let id = session_param(session);
         let batch = self
             .apply_selected(
                 Some(session),
@@ -92,7 +92,7 @@ impl Store {
     }
 
     pub async fn describe_session(&self, session: SessionId) -> Result<Option<SessionInfo>, Error> {
-        let id = to_i64(session.0, "session")?;
+        let id = session_param(session);
         let client = self.client().await?;
         let (row, keys) = tokio::try_join!(
             crate::pg::query(&client, &self.sql.session_row, vec![(&id, Type::INT8)]),

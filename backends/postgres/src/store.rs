@@ -87,6 +87,12 @@ pub(crate) struct Acting {
     pub share: bool,
 }
 
+/// A session id as a bigint. Ids above `i64::MAX` were never issued (they
+/// come from a Postgres sequence), so they map to -1, which matches no row.
+pub(crate) fn session_param(session: SessionId) -> i64 {
+    i64::try_from(session.0).unwrap_or(-1)
+}
+
 pub(crate) fn to_i64(v: u64, what: &str) -> Result<i64, Error> {
     i64::try_from(v).map_err(|_| corrupt(format!("{what} {v} does not fit a bigint")))
 }
@@ -153,7 +159,7 @@ impl Store {
         key: &'a LockKey,
         extra: &[SessionId],
     ) -> impl std::future::Future<Output = Result<Option<Row>, tokio_postgres::Error>> + 'a {
-        let extra: Vec<i64> = extra.iter().map(|s| s.0 as i64).collect();
+        let extra: Vec<i64> = extra.iter().copied().map(session_param).collect();
         async move {
             let (ns, name) = (key.namespace(), key.name());
             let params: Vec<Param> = vec![
@@ -201,7 +207,7 @@ impl Store {
     ) -> Result<Option<Applied>, Retry> {
         let client = self.client().await.map_err(Retry::Fail)?;
         let extra: Vec<SessionId> = acting.session.into_iter().collect();
-        let sid = acting.session.map(|s| s.0 as i64).unwrap_or(0);
+        let sid = acting.session.map(session_param).unwrap_or(0);
         let count_others = match command {
             Command::Acquire { .. } | Command::Steal { .. } => acting.session.is_some(),
             _ => false,
@@ -402,7 +408,7 @@ pub(crate) fn plan_write(loaded: &Loaded) -> Result<Option<Write>, Error> {
             return Ok(None);
         }
     }
-    let ids = |v: Vec<SessionId>| v.into_iter().map(|s| s.0 as i64).collect::<Vec<i64>>();
+    let ids = |v: Vec<SessionId>| v.into_iter().map(session_param).collect::<Vec<i64>>();
     Ok(Some(Write {
         key: loaded.key.clone(),
         insert: !loaded.existed,
@@ -480,7 +486,7 @@ impl Store {
         delete_session: bool,
     ) -> Result<Option<Batch>, Retry> {
         let client = self.client().await.map_err(Retry::Fail)?;
-        let sid = lock_session.map(|s| s.0 as i64).unwrap_or(0);
+        let sid = lock_session.map(session_param).unwrap_or(0);
         // Round trip 1: BEGIN, the session row, the keys.
         let first = tokio::try_join!(
             client.batch_execute("BEGIN"),

@@ -116,7 +116,7 @@ impl Alarm {
 
     /// A key now has a deadline at `at` (server ms).
     pub fn deadline(&self, at: u64) {
-        if (at as i64) < self.planned.load(Ordering::Relaxed) {
+        if i64::try_from(at).unwrap_or(i64::MAX) < self.planned.load(Ordering::Relaxed) {
             self.notify.notify_one();
         }
     }
