@@ -22,3 +22,10 @@ step "unit, property, conformance and integration tests"
 cargo test --workspace
 
 # ---- further sections (fuzz, loom, postgres, simulation) are appended below ----
+
+step "loom: memory backend wake-up and cancel paths (LOOM_MAX_PREEMPTIONS=2)"
+# A target dir of its own: the cfg flag changes every crate's build, and
+# sharing the main one would rebuild it from scratch on every run.
+RUSTFLAGS="--cfg fencelock_loom" LOOM_MAX_PREEMPTIONS=2 \
+  CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/loom" \
+  cargo test -p fencelock-memory --release --test loom

@@ -161,12 +161,7 @@ impl Backend for MemoryBackend {
         max_wait: Duration,
     ) -> Result<WaitStatus, Error> {
         self.start_timer();
-        let fut = WaitFuture {
-            engine: &self.shared.engine,
-            key,
-            session,
-            id: None,
-        };
+        let fut = self.shared.engine.wait(key, session);
         Ok(tokio::time::timeout(max_wait, fut)
             .await
             .unwrap_or(WaitStatus::Waiting))
@@ -201,32 +196,6 @@ impl Backend for MemoryBackend {
 
     async fn describe_session(&self, session: SessionId) -> Result<Option<SessionInfo>, Error> {
         Ok(self.shared.engine.describe_session(session))
-    }
-}
-
-/// Resolves with the outcome of a wait; forgets its waker when dropped.
-pub(crate) struct WaitFuture<'a> {
-    pub(crate) engine: &'a Engine,
-    pub(crate) key: &'a LockKey,
-    pub(crate) session: SessionId,
-    pub(crate) id: Option<u64>,
-}
-
-impl Future for WaitFuture<'_> {
-    type Output = WaitStatus;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<WaitStatus> {
-        let this = self.get_mut();
-        this.engine
-            .poll_wait(cx, this.key, this.session, &mut this.id)
-    }
-}
-
-impl Drop for WaitFuture<'_> {
-    fn drop(&mut self) {
-        if let Some(id) = self.id {
-            self.engine.forget_wait(self.key, self.session, id);
-        }
     }
 }
 

@@ -21,6 +21,8 @@ use fencelock_core::{
     RequestId, Response, SessionId, SessionInfo, Table, WaitEnd,
 };
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 /// Most remembered wait outcomes per session; beyond it, finished outcomes
@@ -69,6 +71,10 @@ struct Inner {
 /// The lock table and its waiters. Cheap to share behind an `Arc`.
 pub struct Engine {
     inner: Mutex<Inner>,
+    /// Loom builds only: check and register in two critical sections — the
+    /// lost wake-up the loom tests must catch (proof that they can).
+    #[cfg(fencelock_loom)]
+    pub planted_lost_wakeup: bool,
 }
 
 impl Engine {
@@ -82,6 +88,8 @@ impl Engine {
                 armed: None,
                 events: Vec::new(),
             }),
+            #[cfg(fencelock_loom)]
+            planted_lost_wakeup: false,
         }
     }
 
@@ -147,6 +155,12 @@ impl Engine {
         if let Some(status) = inner.wait_status(key, session) {
             return Poll::Ready(status);
         }
+        #[cfg(fencelock_loom)]
+        if self.planted_lost_wakeup {
+            drop(guard);
+            guard = lock(&self.inner);
+        }
+        let inner = &mut *guard;
         let waiter = *id.get_or_insert_with(|| inner.new_waiter_id());
         let slot = inner
             .waits
@@ -156,6 +170,16 @@ impl Engine {
             .or_default();
         register(&mut slot.wakers, waiter, cx.waker());
         Poll::Pending
+    }
+
+    /// A future of the outcome of `session`'s wait for `key`.
+    pub fn wait<'a>(&'a self, key: &'a LockKey, session: SessionId) -> WaitFuture<'a> {
+        WaitFuture {
+            engine: self,
+            key,
+            session,
+            id: None,
+        }
     }
 
     /// Forgets a waiting future's waker (it was dropped or timed out).
@@ -378,5 +402,31 @@ impl Inner {
             Some(h) => WaitStatus::Granted(grant_of(&h)),
             None => WaitStatus::NotWaiting,
         })
+    }
+}
+
+/// Resolves with the outcome of a wait; forgets its waker when dropped.
+pub struct WaitFuture<'a> {
+    engine: &'a Engine,
+    key: &'a LockKey,
+    session: SessionId,
+    id: Option<u64>,
+}
+
+impl Future for WaitFuture<'_> {
+    type Output = WaitStatus;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<WaitStatus> {
+        let this = self.get_mut();
+        this.engine
+            .poll_wait(cx, this.key, this.session, &mut this.id)
+    }
+}
+
+impl Drop for WaitFuture<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.engine.forget_wait(self.key, self.session, id);
+        }
     }
 }

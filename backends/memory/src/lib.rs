@@ -34,5 +34,5 @@ pub use backend::MemoryBackend;
 #[cfg(fencelock_loom)]
 pub mod loom_api {
     //! The engine, exposed only to the loom tests.
-    pub use crate::engine::{Engine, Wake};
+    pub use crate::engine::{Engine, WaitFuture, Wake};
 }
