@@ -23,6 +23,9 @@ cargo test --workspace
 
 # ---- further sections (fuzz, loom, postgres, simulation) are appended below ----
 
+step "fuzz: table_commands + restore_bytes (about 60 s in total)"
+bash scripts/fuzz.sh 60
+
 step "loom: memory backend wake-up and cancel paths (LOOM_MAX_PREEMPTIONS=2)"
 # A target dir of its own: the cfg flag changes every crate's build, and
 # sharing the main one would rebuild it from scratch on every run.
