@@ -1,0 +1,145 @@
+//! [`RaftBackend`]: the [`Backend`] of a Raft cluster, over the network.
+//!
+//! Commands go to the leader and come back after commit; `wait` and
+//! `watch_hold` are bounded long polls the leader answers from replicated
+//! state (see [`crate::waits`]), so a waiter holds no request open for longer
+//! than its `max_wait`, and a retried poll on a new leader answers the same.
+//! Reads are linearizable: the leader confirms its leadership with a quorum
+//! (openraft's `ensure_linearizable`) before it reads.
+
+use crate::client::{unexpected, ClientConfig, ClusterClient};
+use crate::grpc::GrpcTransport;
+use crate::transport::Transport;
+use crate::wire::{ClientReply, ClientRpc, ReadAnswer, ReadQuery, WaitState};
+use async_trait::async_trait;
+use fencelock::{
+    Backend, Command, Error, FencingToken, HolderInfo, LockInfo, LockKey, RequestId, Response,
+    SessionId, SessionInfo, WaitStatus,
+};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A lock backend served by a Raft cluster.
+pub struct RaftBackend {
+    client: ClusterClient,
+}
+
+impl RaftBackend {
+    /// Connects (lazily) over gRPC to the cluster at `endpoints`.
+    pub fn connect(endpoints: Vec<String>) -> Result<Self, Error> {
+        Self::with_transport(
+            Arc::new(GrpcTransport::new()),
+            endpoints,
+            ClientConfig::default(),
+        )
+    }
+
+    /// Connects over any transport (the simulator's, for instance).
+    pub fn with_transport(
+        transport: Arc<dyn Transport>,
+        endpoints: Vec<String>,
+        config: ClientConfig,
+    ) -> Result<Self, Error> {
+        Ok(RaftBackend {
+            client: ClusterClient::new(transport, endpoints, config)?,
+        })
+    }
+
+    /// The underlying cluster client (membership and status commands).
+    pub fn cluster(&self) -> &ClusterClient {
+        &self.client
+    }
+
+    async fn read(&self, query: ReadQuery) -> Result<ReadAnswer, Error> {
+        match self
+            .client
+            .call(ClientRpc::Read(query), Duration::ZERO)
+            .await?
+        {
+            ClientReply::Read(answer) => Ok(answer),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+#[async_trait]
+impl Backend for RaftBackend {
+    async fn execute(
+        &self,
+        command: Command,
+        request_id: Option<RequestId>,
+    ) -> Result<Response, Error> {
+        let rpc = ClientRpc::Execute {
+            request_id,
+            command,
+        };
+        match self.client.call(rpc, Duration::ZERO).await? {
+            ClientReply::Outcome(outcome) => outcome.map_err(Error::Lock),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn wait(
+        &self,
+        key: &LockKey,
+        session: SessionId,
+        max_wait: Duration,
+    ) -> Result<WaitStatus, Error> {
+        let rpc = ClientRpc::Wait {
+            key: key.clone(),
+            session,
+            max_wait_ms: max_wait.as_millis() as u64,
+        };
+        match self.client.call(rpc, max_wait).await? {
+            ClientReply::Wait(state) => Ok(match state {
+                WaitState::Granted(g) => WaitStatus::Granted(g),
+                WaitState::Waiting => WaitStatus::Waiting,
+                WaitState::Ended(e) => WaitStatus::Ended(e),
+                WaitState::NotWaiting => WaitStatus::NotWaiting,
+            }),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn watch_hold(
+        &self,
+        key: &LockKey,
+        token: FencingToken,
+        max_wait: Duration,
+    ) -> Result<HolderInfo, Error> {
+        let rpc = ClientRpc::WatchHold {
+            key: key.clone(),
+            token,
+            max_wait_ms: max_wait.as_millis() as u64,
+        };
+        match self.client.call(rpc, max_wait).await? {
+            ClientReply::Hold(held) => held.map_err(Error::Lock),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn validate(&self, key: &LockKey, token: FencingToken) -> Result<HolderInfo, Error> {
+        let query = ReadQuery::Validate {
+            key: key.clone(),
+            token,
+        };
+        match self.read(query).await? {
+            ReadAnswer::Validated(held) => held.map_err(Error::Lock),
+            other => Err(Error::backend(format!("unexpected answer: {other:?}"))),
+        }
+    }
+
+    async fn describe(&self, key: &LockKey) -> Result<Option<LockInfo>, Error> {
+        match self.read(ReadQuery::Describe { key: key.clone() }).await? {
+            ReadAnswer::Described(info) => Ok(info),
+            other => Err(Error::backend(format!("unexpected answer: {other:?}"))),
+        }
+    }
+
+    async fn describe_session(&self, session: SessionId) -> Result<Option<SessionInfo>, Error> {
+        match self.read(ReadQuery::DescribeSession { session }).await? {
+            ReadAnswer::Session(info) => Ok(info),
+            other => Err(Error::backend(format!("unexpected answer: {other:?}"))),
+        }
+    }
+}

@@ -1,0 +1,294 @@
+//! The write-ahead file under the Raft log: framed records, one writer thread,
+//! group commit.
+//!
+//! Every record is `[len: u32 LE][crc32: u32 LE][postcard payload]`. Replay
+//! stops at the first short or corrupt record and cuts the file there: that is
+//! the torn tail of a write that was never acknowledged (acknowledgement
+//! happens only after `fdatasync`).
+//!
+//! One OS thread owns the file. It takes every request queued so far, writes
+//! them with one `write`, calls `fdatasync` once, and only then completes them
+//! all (group commit): under load, many Raft appends and vote saves share one
+//! disk flush, and writes reach the disk in the order they were queued, which
+//! is what openraft requires of log and vote I/O.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+const HEADER: usize = 8;
+/// Largest record accepted on replay; anything larger is treated as corruption.
+const MAX_RECORD: usize = 1 << 30;
+
+/// Called once the bytes it was queued with are durable (or failed).
+pub type Done = Box<dyn FnOnce(io::Result<()>) + Send>;
+
+enum Op {
+    Append {
+        bytes: Vec<u8>,
+        done: Option<Done>,
+    },
+    /// Replace the whole file with `bytes` (compaction), atomically.
+    Rewrite {
+        bytes: Vec<u8>,
+        done: Option<Done>,
+    },
+}
+
+/// Appends framed records to the file from a dedicated thread.
+pub struct WalWriter {
+    tx: mpsc::Sender<Op>,
+}
+
+/// Frames one record.
+pub fn frame(payload: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// Reads every intact record and cuts a torn or corrupt tail off the file.
+pub fn replay(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+    let mut data = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut data)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    }
+    let mut records = Vec::new();
+    let mut at = 0;
+    while data.len() - at >= HEADER {
+        let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
+        let crc = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
+        let start = at + HEADER;
+        if len > MAX_RECORD || data.len() - start < len {
+            break;
+        }
+        let payload = &data[start..start + len];
+        if crc32fast::hash(payload) != crc {
+            break;
+        }
+        records.push(payload.to_vec());
+        at = start + len;
+    }
+    if at < data.len() {
+        tracing::warn!(
+            path = %path.display(),
+            kept = at,
+            dropped = data.len() - at,
+            "cutting a torn tail off the log file"
+        );
+        let f = OpenOptions::new().write(true).open(path)?;
+        f.set_len(at as u64)?;
+        f.sync_all()?;
+    }
+    Ok(records)
+}
+
+impl WalWriter {
+    /// Opens `path` for appending and starts the writer thread. With `fsync`
+    /// off, writes are acknowledged once in the page cache (benchmarks only:
+    /// a machine crash may then lose acknowledged entries).
+    pub fn open(path: &Path, fsync: bool) -> io::Result<WalWriter> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        let (tx, rx) = mpsc::channel::<Op>();
+        let path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("fencelock-wal".into())
+            .spawn(move || writer_loop(file, path, fsync, rx))?;
+        Ok(WalWriter { tx })
+    }
+
+    /// Queues framed bytes; `done` runs once they are durable.
+    pub fn append(&self, bytes: Vec<u8>, done: Option<Done>) {
+        self.send(Op::Append { bytes, done });
+    }
+
+    /// Queues a replacement of the whole file by `bytes` (already framed).
+    pub fn rewrite(&self, bytes: Vec<u8>, done: Option<Done>) {
+        self.send(Op::Rewrite { bytes, done });
+    }
+
+    fn send(&self, op: Op) {
+        if let Err(mpsc::SendError(op)) = self.tx.send(op) {
+            let done = match op {
+                Op::Append { done, .. } | Op::Rewrite { done, .. } => done,
+            };
+            if let Some(done) = done {
+                done(Err(io::Error::other("the log writer thread has stopped")));
+            }
+        }
+    }
+}
+
+fn writer_loop(mut file: File, path: PathBuf, fsync: bool, rx: mpsc::Receiver<Op>) {
+    let mut pending: Vec<Done> = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        let mut result: io::Result<()> = Ok(());
+        // Take everything queued so far; a rewrite flushes what came before it.
+        while let Some(op) = next.take() {
+            match op {
+                Op::Append { bytes, done } => {
+                    buf.extend_from_slice(&bytes);
+                    pending.extend(done);
+                }
+                Op::Rewrite { bytes, done } => {
+                    result = result.and_then(|_| flush(&mut file, &mut buf, fsync));
+                    result = result.and_then(|_| {
+                        file = replace_file(&path, &bytes)?;
+                        Ok(())
+                    });
+                    pending.extend(done);
+                }
+            }
+            next = rx.try_recv().ok();
+        }
+        result = result.and_then(|_| flush(&mut file, &mut buf, fsync));
+        buf.clear();
+        let failed = result.as_ref().err().map(|e| (e.kind(), e.to_string()));
+        for done in pending.drain(..) {
+            done(match &failed {
+                None => Ok(()),
+                Some((kind, msg)) => Err(io::Error::new(*kind, msg.clone())),
+            });
+        }
+        if let Some((_, msg)) = failed {
+            // A log that cannot be written must not acknowledge anything again.
+            tracing::error!(path = %path.display(), "log write failed, writer stops: {msg}");
+            for op in rx.iter() {
+                if let Op::Append { done: Some(d), .. } | Op::Rewrite { done: Some(d), .. } = op {
+                    d(Err(io::Error::other(format!(
+                        "log write failed earlier: {msg}"
+                    ))));
+                }
+            }
+            return;
+        }
+    }
+}
+
+fn flush(file: &mut File, buf: &mut Vec<u8>, fsync: bool) -> io::Result<()> {
+    if !buf.is_empty() {
+        file.write_all(buf)?;
+        buf.clear();
+        if fsync {
+            file.sync_data()?;
+        }
+    }
+    Ok(())
+}
+
+fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<File> {
+    let tmp = path.with_extension("compact");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        sync_dir(dir)?;
+    }
+    OpenOptions::new().append(true).open(path)
+}
+
+/// Makes a rename or file creation in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename, fsync dir).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    fn append_sync(w: &WalWriter, payload: &[u8]) {
+        let mut bytes = Vec::new();
+        frame(payload, &mut bytes);
+        let (tx, rx) = mpsc::channel();
+        w.append(bytes, Some(Box::new(move |r| tx.send(r).unwrap())));
+        rx.recv().unwrap().unwrap();
+    }
+
+    #[test]
+    fn replay_returns_records_and_cuts_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let w = WalWriter::open(&path, true).unwrap();
+        append_sync(&w, b"one");
+        append_sync(&w, b"two");
+        drop(w);
+        // A torn write: a header promising more bytes than exist.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[50, 0, 0, 0, 1, 2, 3, 4, b'x']).unwrap();
+        drop(f);
+        assert_eq!(
+            replay(&path).unwrap(),
+            vec![b"one".to_vec(), b"two".to_vec()]
+        );
+        // The tail was cut, so a new append follows the last good record.
+        let w = WalWriter::open(&path, true).unwrap();
+        append_sync(&w, b"three");
+        assert_eq!(replay(&path).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn a_corrupt_record_ends_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let w = WalWriter::open(&path, false).unwrap();
+        append_sync(&w, b"good");
+        append_sync(&w, b"flipped");
+        drop(w);
+        let mut data = std::fs::read(&path).unwrap();
+        let last = data.len() - 1;
+        data[last] ^= 0xff;
+        std::fs::write(&path, &data).unwrap();
+        assert_eq!(replay(&path).unwrap(), vec![b"good".to_vec()]);
+    }
+
+    #[test]
+    fn rewrite_replaces_the_file_and_appends_continue() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let w = WalWriter::open(&path, true).unwrap();
+        append_sync(&w, b"old");
+        let mut bytes = Vec::new();
+        frame(b"compacted", &mut bytes);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let o = order.clone();
+        w.rewrite(
+            bytes,
+            Some(Box::new(move |r| o.lock().unwrap().push(r.is_ok()))),
+        );
+        append_sync(&w, b"new");
+        assert_eq!(*order.lock().unwrap(), vec![true]);
+        assert_eq!(
+            replay(&path).unwrap(),
+            vec![b"compacted".to_vec(), b"new".to_vec()]
+        );
+    }
+}

@@ -1,0 +1,237 @@
+//! A 3-node cluster in-process on loopback: grants, hand-off, fail-over with
+//! the session grace, membership changes, and a wiped node rejoining from a
+//! snapshot.
+
+use fencelock::{
+    Backend, Command, Error, LockError, LockKey, Mode, RequestId, Response, WaitStatus,
+};
+use fencelock_raft::local::LocalCluster;
+use fencelock_raft::NodeConfig;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+fn fast(c: NodeConfig) -> NodeConfig {
+    NodeConfig {
+        heartbeat_ms: 50,
+        election_min_ms: 300,
+        election_max_ms: 600,
+        ..c
+    }
+}
+
+async fn open(b: &impl Backend, ttl_ms: u64) -> fencelock::SessionId {
+    match b.execute(Command::OpenSession { ttl_ms }, None).await {
+        Ok(Response::SessionOpened { session, .. }) => session,
+        other => panic!("open session: {other:?}"),
+    }
+}
+
+fn acquire(key: &LockKey, session: fencelock::SessionId, timeout_ms: Option<u64>) -> Command {
+    Command::Acquire {
+        key: key.clone(),
+        session,
+        mode: Mode::Exclusive,
+        timeout_ms,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_waiter_is_granted_on_release_across_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let cluster = LocalCluster::start(dir.path(), 3, fast, None)
+        .await
+        .unwrap();
+    let b = cluster.backend();
+    let key = LockKey::new("test", "handoff").unwrap();
+    let alice = open(&b, 10_000).await;
+    let bob = open(&b, 10_000).await;
+    let Ok(Response::Granted(first)) = b
+        .execute(acquire(&key, alice, None), Some(RequestId(1)))
+        .await
+    else {
+        panic!("alice not granted")
+    };
+    let queued = b
+        .execute(acquire(&key, bob, Some(10_000)), Some(RequestId(1)))
+        .await;
+    assert!(
+        matches!(queued, Ok(Response::Queued { position: 1, .. })),
+        "{queued:?}"
+    );
+    assert_eq!(
+        b.wait(&key, bob, Duration::from_millis(100)).await,
+        Ok(WaitStatus::Waiting)
+    );
+    // A retry of alice's acquire with the same request id returns the first grant.
+    let retry = b
+        .execute(acquire(&key, alice, None), Some(RequestId(1)))
+        .await;
+    assert_eq!(retry, Ok(Response::Granted(first)));
+    let release = Command::Release {
+        key: key.clone(),
+        session: alice,
+        token: first.token,
+    };
+    assert_eq!(
+        b.execute(release, Some(RequestId(2))).await,
+        Ok(Response::Released)
+    );
+    let Ok(WaitStatus::Granted(second)) = b.wait(&key, bob, Duration::from_secs(5)).await else {
+        panic!("bob not granted")
+    };
+    assert!(second.token > first.token);
+    assert!(b.validate(&key, second.token).await.is_ok());
+    assert!(matches!(
+        b.validate(&key, first.token).await,
+        Err(Error::Lock(LockError::NotHolder { .. }))
+    ));
+    let info = b.describe(&key).await.unwrap().unwrap();
+    assert_eq!(info.holders.len(), 1);
+    assert_eq!(info.holders[0].session, bob);
+    // Every replica applied the same entries into the same bytes.
+    wait_converged(&cluster).await;
+    cluster.shutdown().await;
+}
+
+/// Waits until every running node applied the same index, then compares tables.
+async fn wait_converged(cluster: &LocalCluster) {
+    for _ in 0..100 {
+        let running: Vec<_> = (0..cluster.nodes.len())
+            .filter_map(|i| cluster.node(i))
+            .collect();
+        let indexes: BTreeSet<u64> = running.iter().map(|n| n.applied_index()).collect();
+        if indexes.len() == 1 {
+            let bytes: BTreeSet<Vec<u8>> = running.iter().map(|n| n.table_bytes()).collect();
+            assert_eq!(bytes.len(), 1, "replicas diverged at the same index");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("replicas did not converge");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_survive_a_leaderless_gap_longer_than_their_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(dir.path(), 3, fast, None)
+        .await
+        .unwrap();
+    let b = cluster.backend();
+    let key = LockKey::new("test", "grace").unwrap();
+    let s = open(&b, 1_000).await;
+    let Ok(Response::Granted(g)) = b.execute(acquire(&key, s, None), Some(RequestId(1))).await
+    else {
+        panic!("not granted")
+    };
+    // Lose the quorum for twice the session TTL: no leader, no keep-alive.
+    let leader = cluster.leader().expect("a leader");
+    let other = (leader + 1) % 3;
+    cluster.stop_node(leader).await;
+    cluster.stop_node(other).await;
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    cluster.restart_node(other).await.unwrap();
+    cluster.restart_node(leader).await.unwrap();
+    cluster.wait_ready().await.unwrap();
+    // The new leader's grace entry gave the session a fresh TTL.
+    assert!(
+        b.validate(&key, g.token).await.is_ok(),
+        "hold lost in fail-over"
+    );
+    let info = b.describe_session(s).await.unwrap().expect("session kept");
+    assert_eq!(info.holds, vec![(key.clone(), g.token)]);
+    // Without keep-alives it still ends, one TTL later, and the lock with it.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert!(b.describe_session(s).await.unwrap().is_none());
+    assert!(matches!(
+        b.validate(&key, g.token).await,
+        Err(Error::Lock(LockError::Expired { .. }))
+    ));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grow_from_one_node_to_three_then_remove_the_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(dir.path(), 1, fast, None)
+        .await
+        .unwrap();
+    let b = cluster.backend();
+    let key = LockKey::new("test", "membership").unwrap();
+    let s = open(&b, 30_000).await;
+    let Ok(Response::Granted(g)) = b.execute(acquire(&key, s, None), Some(RequestId(1))).await
+    else {
+        panic!("not granted")
+    };
+    for _ in 0..2 {
+        let i = cluster.add_node(dir.path()).await.unwrap();
+        b.cluster()
+            .add_learner(i as u64 + 1, cluster.addrs[i].clone())
+            .await
+            .unwrap();
+    }
+    b.cluster()
+        .change_membership(BTreeSet::from([1, 2, 3]))
+        .await
+        .unwrap();
+    let status = b.cluster().status_of(&cluster.addrs[2]).await.unwrap();
+    assert_eq!(status.voters, BTreeSet::from([1, 2, 3]));
+    // Remove node 1 (the leader so far); the others elect one of themselves.
+    b.cluster()
+        .change_membership(BTreeSet::from([2, 3]))
+        .await
+        .unwrap();
+    cluster.stop_node(0).await;
+    let b = fencelock_raft::RaftBackend::connect(cluster.addrs[1..].to_vec()).unwrap();
+    assert!(b.validate(&key, g.token).await.is_ok());
+    let s2 = open(&b, 30_000).await;
+    let r = b
+        .execute(acquire(&key, s2, Some(0)), Some(RequestId(1)))
+        .await;
+    assert!(
+        matches!(r, Err(Error::Lock(LockError::WouldBlock { .. }))),
+        "{r:?}"
+    );
+    let status = b.cluster().status_of(&cluster.addrs[1]).await.unwrap();
+    assert_eq!(status.voters, BTreeSet::from([2, 3]));
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_follower_rejoins_from_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(
+        dir.path(),
+        3,
+        |c| NodeConfig {
+            snapshot_every: 50,
+            ..fast(c)
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let b = cluster.backend();
+    let s = open(&b, 30_000).await;
+    for i in 0..120u64 {
+        let key = LockKey::new("test", &format!("k{i}")).unwrap();
+        b.execute(acquire(&key, s, Some(0)), Some(RequestId(i + 1)))
+            .await
+            .unwrap();
+    }
+    let leader = cluster.leader().unwrap();
+    let victim = (leader + 1) % 3;
+    cluster.stop_node(victim).await;
+    cluster.wipe_node(victim).unwrap();
+    for i in 120..200u64 {
+        let key = LockKey::new("test", &format!("k{i}")).unwrap();
+        b.execute(acquire(&key, s, Some(0)), Some(RequestId(i + 1)))
+            .await
+            .unwrap();
+    }
+    cluster.restart_node(victim).await.unwrap();
+    wait_converged(&cluster).await;
+    let status = b.cluster().status_of(&cluster.addrs[victim]).await.unwrap();
+    assert_eq!(status.locks, 200);
+    assert!(status.snapshot.is_some(), "the wiped node got a snapshot");
+    cluster.shutdown().await;
+}
