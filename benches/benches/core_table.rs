@@ -1,0 +1,181 @@
+//! The core's numbers as one markdown table, timed with `Instant` (no criterion):
+//! `cargo bench -p fencelock-benches --bench core_table`.
+//!
+//! Every time is the median of several rounds after a warm-up round. Pin it to
+//! one core (`taskset -c 1 cargo bench ...`); the header says which cores the
+//! process may use. The targets are printed as PASS/MISS, never enforced: a
+//! benchmark is not a test.
+
+use fencelock_benches::alloc::CountingAlloc;
+use fencelock_benches::memory::{idle_lock_bytes, map_entry_bytes};
+use fencelock_benches::workloads::{expire, leased_locks, Handoff, MapPairs, Uncontended};
+use std::time::Instant;
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc;
+
+const ROUNDS: usize = 7;
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs[xs.len() / 2]
+}
+
+/// Nanoseconds per call of `step`, median of rounds of `batch` calls.
+fn ns_per_step(batch: usize, mut step: impl FnMut()) -> f64 {
+    let mut rounds = Vec::with_capacity(ROUNDS);
+    for round in 0..=ROUNDS {
+        let start = Instant::now();
+        for _ in 0..batch {
+            step();
+        }
+        let ns = start.elapsed().as_nanos() as f64 / batch as f64;
+        if round > 0 {
+            rounds.push(ns); // round 0 warms caches and branch predictors
+        }
+    }
+    median(rounds)
+}
+
+/// Nanoseconds per handoff when a fresh queue of `waiters` is drained.
+fn drain_ns(waiters: usize) -> f64 {
+    let builds = (200_000 / waiters).clamp(ROUNDS, 2_000);
+    let per_build: Vec<f64> = (0..builds)
+        .map(|_| {
+            let mut lock = Handoff::new(waiters);
+            let start = Instant::now();
+            let n = lock.drain();
+            assert_eq!(n, waiters);
+            start.elapsed().as_nanos() as f64 / n as f64
+        })
+        .collect();
+    median(per_build)
+}
+
+/// Milliseconds for one tick that ends `leases` leases.
+fn expiry_ms(leases: usize) -> f64 {
+    let (table, at) = leased_locks(leases, 1_000);
+    let mut events = Vec::with_capacity(leases);
+    let rounds: Vec<f64> = (0..ROUNDS)
+        .map(|_| {
+            let mut t = table.clone();
+            let start = Instant::now();
+            let ended = expire(&mut t, at, &mut events);
+            let ms = start.elapsed().as_secs_f64() * 1e3;
+            assert_eq!(ended, leases);
+            drop(t);
+            ms
+        })
+        .collect();
+    median(rounds)
+}
+
+fn mops(ns: f64) -> String {
+    format!("{:.2} M/s ({ns:.0} ns)", 1e3 / ns)
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+fn allowed_cpus() -> String {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn main() {
+    const PAIRS_BATCH: usize = 2_000_000;
+    println!(
+        "# fencelock core benchmark (cpus allowed: {})\n",
+        allowed_cpus()
+    );
+
+    println!("| uncontended acquire + release | fencelock | HashMap<String, u64> remove + insert | time ratio (ours / HashMap) |");
+    println!("|---|---|---|---|");
+    let mut pairs = Vec::new();
+    for locks in [1usize, 1_000_000] {
+        let mut table = Uncontended::new(locks);
+        let ours = ns_per_step(PAIRS_BATCH, || table.pair());
+        drop(table);
+        let mut map = MapPairs::new(locks);
+        let theirs = ns_per_step(PAIRS_BATCH, || map.pair());
+        drop(map);
+        pairs.push((locks, ours, theirs));
+        println!(
+            "| {locks} lock(s) | {} | {} | {:.2}x |",
+            mops(ours),
+            mops(theirs),
+            ours / theirs
+        );
+    }
+
+    println!("\n| handoff (release → next grant) | steady queue: ns per handoff (incl. re-queue) | draining a fresh queue: ns per handoff |");
+    println!("|---|---|---|");
+    let mut drains = Vec::new();
+    for waiters in [100usize, 10_000, 100_000] {
+        let mut lock = Handoff::new(waiters);
+        let steady = ns_per_step(200_000, || lock.handoff());
+        drop(lock);
+        let drain = drain_ns(waiters);
+        drains.push(drain);
+        println!("| {waiters} waiters | {steady:.0} | {drain:.0} |");
+    }
+
+    const LEASES: usize = 100_000;
+    let ms = expiry_ms(LEASES);
+    println!("\n| lease expiry | one tick | per lease |");
+    println!("|---|---|---|");
+    println!(
+        "| {LEASES} leases due at once | {ms:.1} ms | {:.0} ns |",
+        ms * 1e6 / LEASES as f64
+    );
+
+    const IDLE: usize = 1_000_000;
+    let show = |b: Option<f64>| b.map_or("n/a".to_string(), |b| format!("{b:.0}"));
+    println!("\n| memory, {IDLE} entries (requested bytes per entry) | bytes |");
+    println!("|---|---|");
+    println!(
+        "| idle lock, never held | {} |",
+        show(idle_lock_bytes(IDLE, false))
+    );
+    println!(
+        "| idle lock, held once | {} |",
+        show(idle_lock_bytes(IDLE, true))
+    );
+    println!(
+        "| HashMap<String, u64> entry | {} |",
+        show(map_entry_bytes(IDLE))
+    );
+
+    let (_, ours, _) = pairs[0];
+    let spread = drains.iter().copied().fold(f64::MIN, f64::max)
+        / drains.iter().copied().fold(f64::MAX, f64::min);
+    println!("\n| target | result |");
+    println!("|---|---|");
+    println!(
+        "| ≥ 3 M pairs/s on the 1-lock table | {} ({:.2} M/s) |",
+        verdict(1e3 / ours >= 3.0),
+        1e3 / ours
+    );
+    for (locks, ours, theirs) in &pairs {
+        println!(
+            "| within 3x of HashMap pairs ({locks} lock(s)) | {} ({:.2}x) |",
+            verdict(ours / theirs <= 3.0),
+            ours / theirs
+        );
+    }
+    println!(
+        "| handoff cost independent of queue length (100 → 100,000 waiters) | {} (slowest / fastest drain = {spread:.2}x) |",
+        verdict(spread <= 2.0)
+    );
+}
