@@ -17,8 +17,8 @@ pub struct Limits {
     /// Request ids remembered per session for idempotent retries. Older ids
     /// are forgotten; a retry of a forgotten id is rejected, never re-applied.
     pub max_remembered_requests: u64,
-    /// Longest session TTL and lock TTL (lease). Wait timeouts are not limited:
-    /// a huge timeout saturates to "until the session ends".
+    /// Longest session TTL, lock TTL (lease) and wait timeout. A longer one is
+    /// `InvalidArgument`; to wait as long as the session lives, pass no timeout.
     pub max_ttl_ms: u64,
     /// Ended tokens remembered per lock, so a late `release`/`validate` says
     /// `Stolen` or `Expired` rather than just `NotHolder`.
