@@ -436,16 +436,21 @@ impl LockNode {
     pub fn status(&self) -> NodeStatus {
         let m = self.inner.raft.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        let (sessions, locks) = {
+        let (sessions, locks, table_crc, applied) = {
             let r = self.inner.shared.replica();
-            (r.table.session_count() as u64, r.table.lock_count() as u64)
+            (
+                r.table.session_count() as u64,
+                r.table.lock_count() as u64,
+                crc32fast::hash(&r.table.snapshot_bytes().unwrap_or_default()),
+                r.last_applied.map(|l| l.index),
+            )
         };
         NodeStatus {
             id: self.inner.id,
             state: format!("{:?}", m.state),
             term: m.current_term,
             leader: m.current_leader,
-            last_applied: m.last_applied.map(|l| l.index),
+            last_applied: applied,
             snapshot: m.snapshot.map(|l| l.index),
             voters: membership.voter_ids().collect(),
             nodes: membership
@@ -454,6 +459,7 @@ impl LockNode {
                 .collect(),
             sessions,
             locks,
+            table_crc,
         }
     }
 }

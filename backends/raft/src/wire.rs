@@ -104,6 +104,9 @@ pub struct NodeStatus {
     pub nodes: BTreeMap<NodeId, String>,
     pub sessions: u64,
     pub locks: u64,
+    /// CRC-32 of the lock table's canonical snapshot bytes: equal on replicas
+    /// that applied the same entries (compare at equal `last_applied`).
+    pub table_crc: u32,
 }
 
 /// A request from a client (or an admin tool) to a node.
