@@ -300,10 +300,13 @@ async fn leader_killed_mid_contention_grants_nothing_twice() {
     for w in workers {
         stats.push(w.await.unwrap());
     }
-    let fence = fence.lock().unwrap();
-    let after = fence.grants.len() - before;
-    assert!(fence.violations.is_empty(), "{:#?}", fence.violations);
-    let mut tokens: Vec<u64> = fence.grants.iter().map(|(t, _)| *t).collect();
+    let (grants, violations) = {
+        let f = fence.lock().unwrap();
+        (f.grants.clone(), f.violations.clone())
+    };
+    let after = grants.len() - before;
+    assert!(violations.is_empty(), "{violations:#?}");
+    let mut tokens: Vec<u64> = grants.iter().map(|(t, _)| *t).collect();
     let n = tokens.len();
     tokens.dedup();
     assert_eq!(tokens.len(), n, "a token was granted twice");
