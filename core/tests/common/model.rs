@@ -27,13 +27,17 @@ pub enum Bug {
     ReusesFencingToken,
     /// A lease ends, but the next waiter is not granted in the same transition.
     ForgetsToGrantAfterLeaseExpiry,
+    /// At one instant, leases end before waits (so a waiter can be granted at
+    /// its own deadline), against the documented order.
+    LeasesEndBeforeWaitsAtOneInstant,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 3] = [
+    pub const ALL: [Bug; 4] = [
         Bug::ReaderOvertakesQueuedWriter,
         Bug::ReusesFencingToken,
         Bug::ForgetsToGrantAfterLeaseExpiry,
+        Bug::LeasesEndBeforeWaitsAtOneInstant,
     ];
 }
 
@@ -79,7 +83,7 @@ struct MLock {
 }
 
 /// What falls due: sorting these tuples gives the processing order.
-/// (at, class: 0 wait / 1 session / 2 lease, key, queue index / session id / token)
+/// (at, class: 1 wait / 2 session / 3 lease, key, queue index / session id / token)
 type Due = (u64, u8, Option<LockKey>, u64);
 
 #[derive(Debug, Clone)]
@@ -548,17 +552,21 @@ impl Model {
         for lock in &self.locks {
             for (i, w) in lock.queue.iter().enumerate() {
                 if let Some(d) = w.deadline {
-                    due.push((d, 0, Some(lock.key.clone()), i as u64));
+                    due.push((d, 1, Some(lock.key.clone()), i as u64));
                 }
             }
+            let lease_class = match self.bug {
+                Some(Bug::LeasesEndBeforeWaitsAtOneInstant) => 0,
+                _ => 3,
+            };
             for h in &lock.holders {
                 if let Some(e) = h.expires_at {
-                    due.push((e, 2, Some(lock.key.clone()), h.token));
+                    due.push((e, lease_class, Some(lock.key.clone()), h.token));
                 }
             }
         }
         for s in &self.sessions {
-            due.push((s.expires_at, 1, None, s.id.0));
+            due.push((s.expires_at, 2, None, s.id.0));
         }
         due
     }
@@ -571,7 +579,7 @@ impl Model {
         {
             self.now = at;
             match (class, key) {
-                (0, Some(key)) => {
+                (1, Some(key)) => {
                     let w = self.lock_mut(&key).unwrap().queue.remove(n as usize);
                     ev.push(Event::WaitEnded {
                         key: key.clone(),
@@ -581,7 +589,7 @@ impl Model {
                     });
                     self.grant_waiters(&key, ev);
                 }
-                (1, _) => {
+                (2, _) => {
                     ev.push(Event::SessionExpired {
                         session: SessionId(n),
                     });

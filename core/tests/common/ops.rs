@@ -33,6 +33,14 @@ pub enum Tok {
 }
 
 #[derive(Debug, Clone)]
+pub enum Wait {
+    Timeout(Option<u64>),
+    /// The lock's TTL (100 without one): a natural client choice that makes a
+    /// wait deadline and a lease end fall on one instant.
+    AsLongAsTheLease,
+}
+
+#[derive(Debug, Clone)]
 pub enum Who {
     /// The session that holds the token, if anyone does.
     Owner,
@@ -59,7 +67,7 @@ pub enum Op {
         k: u8,
         s: u8,
         mode: u8,
-        timeout: Option<u64>,
+        timeout: Wait,
     },
     Cancel {
         k: u8,
@@ -157,21 +165,30 @@ fn session_ttl() -> impl Strategy<Value = u64> {
     ]
 }
 
+// Round values (with the 50 ms jumps below) make deadlines coincide, so the
+// order of expiries at one instant gets exercised.
+fn round() -> impl Strategy<Value = u64> {
+    prop_oneof![Just(50u64), Just(100u64), (1..40u64).prop_map(|n| n * 10)]
+}
+
 fn lock_ttl() -> impl Strategy<Value = Option<u64>> {
     prop_oneof![
         4 => Just(None),
-        4 => (1..400u64).prop_map(Some),
+        2 => (1..400u64).prop_map(Some),
+        2 => round().prop_map(Some),
         1 => Just(Some(0u64)),
         1 => Just(Some(MAX_TTL + 1)),
     ]
 }
 
-fn timeout() -> impl Strategy<Value = Option<u64>> {
+fn timeout() -> impl Strategy<Value = Wait> {
     prop_oneof![
-        3 => Just(None),
-        2 => Just(Some(0u64)),
-        4 => (1..600u64).prop_map(Some),
-        1 => Just(Some(MAX_TTL + 1)),
+        3 => Just(Wait::Timeout(None)),
+        2 => Just(Wait::Timeout(Some(0u64))),
+        2 => (1..600u64).prop_map(|t| Wait::Timeout(Some(t))),
+        2 => round().prop_map(|t| Wait::Timeout(Some(t))),
+        2 => Just(Wait::AsLongAsTheLease),
+        1 => Just(Wait::Timeout(Some(MAX_TTL + 1))),
     ]
 }
 
@@ -187,8 +204,10 @@ fn who() -> impl Strategy<Value = Who> {
 fn jump() -> impl Strategy<Value = Jump> {
     prop_oneof![
         40 => Just(Jump::Forward(0)),
-        50 => (1..20u64).prop_map(Jump::Forward),
-        20 => (20..150u64).prop_map(Jump::Forward),
+        15 => (1..20u64).prop_map(Jump::Forward),
+        40 => (1..=5u64).prop_map(|n| Jump::Forward(n * 10)),
+        10 => (20..150u64).prop_map(Jump::Forward),
+        5 => (1..3u64).prop_map(|n| Jump::Forward(n * 100)),
         5 => (150..1_000u64).prop_map(Jump::Forward),
         2 => (1_000..20_000u64).prop_map(Jump::Forward),
         3 => (1..300u64).prop_map(Jump::Back),
@@ -205,7 +224,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => s().prop_map(|s| Op::Close { s }),
         3 => (k(), prop_oneof![Just(LockKind::Exclusive), Just(LockKind::ReadWrite)], lock_ttl())
             .prop_map(|(k, kind, ttl)| Op::Create { k, kind, ttl }),
-        12 => (k(), s(), any::<u8>(), timeout())
+        20 => (k(), s(), any::<u8>(), timeout())
             .prop_map(|(k, s, mode, timeout)| Op::Acquire { k, s, mode, timeout }),
         2 => (k(), s()).prop_map(|(k, s)| Op::Cancel { k, s }),
         4 => (k(), who(), tok()).prop_map(|(k, who, tok)| Op::Release { k, who, tok }),
@@ -251,23 +270,33 @@ fn limits() -> impl Strategy<Value = Limits> {
             max_ended_tokens_per_lock: ended,
         },
     );
-    prop_oneof![roomy, tight]
+    prop_oneof![2 => roomy, 1 => tight]
 }
 
-/// A random case: a few sessions opened at time 0, then up to `max_steps`
-/// random steps.
+/// A random case: a few sessions opened and locks created (often with a
+/// lease) at time 0, then up to `max_steps` random steps.
 pub fn case(max_steps: usize) -> impl Strategy<Value = Case> {
-    let open = (1_000..=MAX_TTL).prop_map(|ttl| Step {
+    let at_start = |op| Step {
         jump: Jump::Forward(0),
         rid: Rid::None,
-        op: Op::Open { ttl },
+        op,
+    };
+    let open = (1_000..=MAX_TTL).prop_map(move |ttl| at_start(Op::Open { ttl }));
+    let create = (0..3u8, any::<bool>(), lock_ttl()).prop_map(move |(k, rw, ttl)| {
+        let kind = match (k, rw) {
+            (0, _) | (2, false) => LockKind::Exclusive,
+            _ => LockKind::ReadWrite,
+        };
+        at_start(Op::Create { k, kind, ttl })
     });
     (
         limits(),
-        prop::collection::vec(open, 0..=5),
+        prop::collection::vec(open, 1..=5),
+        prop::collection::vec(create, 0..=3),
         prop::collection::vec(step(), 1..=max_steps),
     )
-        .prop_map(|(limits, mut steps, rest)| {
+        .prop_map(|(limits, mut steps, creates, rest)| {
+            steps.extend(creates);
             steps.extend(rest);
             Case { limits, steps }
         })
@@ -350,7 +379,13 @@ impl Driver {
                 key: key(*k),
                 session: sid(*s),
                 mode: mode_for(*k as usize % 3, *mode),
-                timeout_ms: *timeout,
+                timeout_ms: match timeout {
+                    Wait::Timeout(t) => *t,
+                    Wait::AsLongAsTheLease => {
+                        let ttl = table.describe(&key(*k)).and_then(|info| info.ttl_ms);
+                        Some(ttl.unwrap_or(100))
+                    }
+                },
             },
             Op::Cancel { k, s } => Command::CancelWait {
                 key: key(*k),
