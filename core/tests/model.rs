@@ -13,6 +13,15 @@ use proptest::prelude::*;
 use proptest::test_runner::{RngAlgorithm, TestError, TestRng, TestRunner};
 use std::cell::Cell;
 
+/// Steps per case: 60, or `MODEL_STEPS` for a longer soak
+/// (`PROPTEST_CASES` sets the number of cases).
+fn max_steps() -> usize {
+    std::env::var("MODEL_STEPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(60)
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         // 256 cases unless PROPTEST_CASES says otherwise.
@@ -21,7 +30,7 @@ proptest! {
     })]
 
     #[test]
-    fn core_matches_reference_model(case in case(60)) {
+    fn core_matches_reference_model(case in case(max_steps())) {
         if let Err(e) = run_case(&case, None) {
             return Err(TestCaseError::fail(e));
         }
