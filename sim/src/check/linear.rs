@@ -1,0 +1,625 @@
+//! Checker 2: per-key linearizability of lock operations (Wing–Gong search
+//! with Lowe's / Porcupine's memoization), against the core's own [`Table`]
+//! as the sequential model: clone, apply, compare.
+//!
+//! # The history of one key
+//! Every operation that names the key, plus the session operations (open,
+//! keep-alive, close) of the sessions that appear in them. Keys are checked
+//! independently (P-compositionality): a session's expiry ends its holds on
+//! every key, and each key's model sees that on its own.
+//!
+//! # Ids and time
+//! The model issues its own session ids and tokens (it sees one key only),
+//! so the checker keeps a translation. Real tokens of one key must be in the
+//! same order as the model's: that is the fencing order. The model needs a
+//! `now` for each operation: responses that carry a time (a grant's
+//! `granted_at`, a queue deadline, a keep-alive's expiry) pin it; otherwise
+//! the checker tries the earliest state time the operation's interval allows
+//! and each expiry instant inside it (behaviour only changes at those). A
+//! new leader's fail-over grace ([`Table::grant_grace`]) may be applied
+//! during each recorded election.
+//!
+//! # Outcomes
+//! An operation with an unknown outcome may take effect at any point after
+//! its invocation, or never; its result is not compared.
+
+use super::{Checker, Violation};
+use crate::history::{Call, History, Op, Ret, WaitResult};
+use fencelock_core::{
+    Command, Event, FencingToken, LockError, LockKey, Millis, Response, SessionId, Table,
+};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+
+/// Most `now` values tried for one operation that does not pin its time.
+const MAX_TIME_CANDIDATES: usize = 8;
+
+/// What the linearizability checker found in a whole history.
+#[derive(Debug, Default)]
+pub struct LinReport {
+    pub violations: Vec<Violation>,
+    pub ops_checked: u64,
+    pub inconclusive_keys: u64,
+}
+
+/// Checks every key of `history`.
+pub fn check(history: &History, max_states: usize) -> LinReport {
+    let mut report = LinReport::default();
+    let keys: BTreeSet<&LockKey> = history.ops.iter().filter_map(Op::key).collect();
+    for key in keys {
+        let ops = ops_of_key(history, key);
+        let window = Windows {
+            behind: history.clock_behind,
+            ahead: history.clock_ahead,
+            elections: history
+                .elections
+                .iter()
+                .map(|&(a, b)| {
+                    (
+                        a.saturating_sub(history.clock_behind),
+                        b + history.clock_ahead,
+                    )
+                })
+                .collect(),
+        };
+        match check_key(key, &ops, &window, max_states) {
+            KeyResult::Linearizable => report.ops_checked += ops.len() as u64,
+            KeyResult::Inconclusive => report.inconclusive_keys += 1,
+            KeyResult::Violation(message) => report
+                .violations
+                .push(Violation::new(Checker::Linearizability, message)),
+        }
+    }
+    report
+}
+
+/// The operations of `key`'s sub-history, in invocation order.
+pub fn ops_of_key<'a>(history: &'a History, key: &LockKey) -> Vec<&'a Op> {
+    let sessions: BTreeSet<SessionId> = history
+        .ops
+        .iter()
+        .filter(|op| op.key() == Some(key))
+        .filter_map(Op::session)
+        .collect();
+    let mut ops: Vec<&Op> = history
+        .ops
+        .iter()
+        .filter(|op| match op.key() {
+            Some(k) => k == key,
+            None => op.session().is_some_and(|s| sessions.contains(&s)),
+        })
+        .collect();
+    ops.sort_by_key(|op| op.invoke);
+    ops
+}
+
+/// Bounds that turn real-time intervals into state-time intervals.
+#[derive(Debug, Clone, Default)]
+pub struct Windows {
+    /// Largest amount any node clock was behind global time.
+    pub behind: Millis,
+    /// Largest amount any node clock was ahead of global time.
+    pub ahead: Millis,
+    /// State-time windows in which a fail-over grace may have been applied.
+    pub elections: Vec<(Millis, Millis)>,
+}
+
+/// The verdict on one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyResult {
+    Linearizable,
+    Inconclusive,
+    Violation(String),
+}
+
+/// The sequential model: the core's table plus the translation of ids.
+#[derive(Clone)]
+struct Model {
+    table: Table,
+    /// Real session id → model session id.
+    sessions: BTreeMap<u64, SessionId>,
+    /// Model token → real token (known once a client learned it).
+    tokens: BTreeMap<u64, u64>,
+    /// How each model session's last wait on this key ended.
+    waits: BTreeMap<SessionId, WaitResult>,
+    /// Elections whose grace has been applied or passed.
+    graces: usize,
+}
+
+impl Model {
+    fn new() -> Self {
+        Model {
+            table: Table::default(),
+            sessions: BTreeMap::new(),
+            tokens: BTreeMap::new(),
+            waits: BTreeMap::new(),
+            graces: 0,
+        }
+    }
+
+    /// Canonical bytes of the whole model state (the memo key).
+    fn fingerprint(&self) -> Vec<u8> {
+        let mut out = self.table.snapshot_bytes().unwrap_or_default();
+        let rest = (
+            &self.sessions,
+            &self.tokens,
+            self.waits.iter().collect::<Vec<_>>(),
+            self.graces,
+        );
+        out.extend(postcard::to_allocvec(&rest).unwrap_or_default());
+        out
+    }
+
+    fn real_to_model_token(&self, real: FencingToken) -> Option<FencingToken> {
+        self.tokens
+            .iter()
+            .find(|(_, r)| **r == real.0)
+            .map(|(m, _)| FencingToken(*m))
+    }
+
+    /// Records that model token `m` is real token `r`; false if that breaks
+    /// the translation or the order of tokens.
+    fn bind_token(&mut self, m: u64, r: u64) -> bool {
+        if let Some(&known) = self.tokens.get(&m) {
+            return known == r;
+        }
+        if self.tokens.values().any(|&x| x == r) {
+            return false;
+        }
+        let below_ok = self
+            .tokens
+            .range(..m)
+            .next_back()
+            .is_none_or(|(_, &x)| x < r);
+        let above_ok = self
+            .tokens
+            .range(m + 1..)
+            .next()
+            .is_none_or(|(_, &x)| x > r);
+        if below_ok && above_ok {
+            self.tokens.insert(m, r);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn note(&mut self, key: &LockKey, events: &[Event]) {
+        for e in events {
+            match e {
+                Event::Granted {
+                    key: k,
+                    session,
+                    grant,
+                    ..
+                } if k == key => {
+                    self.waits.insert(
+                        *session,
+                        WaitResult::Granted {
+                            token: grant.token,
+                            mode: grant.mode,
+                        },
+                    );
+                }
+                Event::WaitEnded {
+                    key: k,
+                    session,
+                    reason,
+                    ..
+                } if k == key => {
+                    self.waits.insert(*session, WaitResult::Ended(*reason));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Translates a command's real ids into model ids. `None`: the op uses a
+    /// session the model has not opened (so it cannot come yet). The flag is
+    /// true when a token could not be translated (the result is then only
+    /// compared as ok / error).
+    fn translate(&self, command: &Command) -> Option<(Command, bool)> {
+        let mut loose = false;
+        let s = |real: &SessionId| self.sessions.get(&real.0).copied();
+        let mut t = |real: &FencingToken| {
+            self.real_to_model_token(*real).unwrap_or_else(|| {
+                loose = true;
+                FencingToken(u64::MAX - real.0)
+            })
+        };
+        let c = match command {
+            Command::KeepAlive { session } => Command::KeepAlive {
+                session: s(session)?,
+            },
+            Command::CloseSession { session } => Command::CloseSession {
+                session: s(session)?,
+            },
+            Command::Acquire {
+                key,
+                session,
+                mode,
+                timeout_ms,
+            } => Command::Acquire {
+                key: key.clone(),
+                session: s(session)?,
+                mode: *mode,
+                timeout_ms: *timeout_ms,
+            },
+            Command::CancelWait { key, session } => Command::CancelWait {
+                key: key.clone(),
+                session: s(session)?,
+            },
+            Command::Release {
+                key,
+                session,
+                token,
+            } => Command::Release {
+                key: key.clone(),
+                session: s(session)?,
+                token: t(token),
+            },
+            Command::Extend {
+                key,
+                session,
+                token,
+            } => Command::Extend {
+                key: key.clone(),
+                session: s(session)?,
+                token: t(token),
+            },
+            Command::Steal { key, session } => Command::Steal {
+                key: key.clone(),
+                session: s(session)?,
+            },
+            other => other.clone(),
+        };
+        Some((c, loose))
+    }
+}
+
+/// One operation, prepared for the search.
+struct Prepared<'a> {
+    op: &'a Op,
+    /// Earliest and latest state time at which it can take effect.
+    lo: Millis,
+    hi: Millis,
+}
+
+/// Checks one key's operations (as [`ops_of_key`] returns them).
+pub fn check_key(key: &LockKey, ops: &[&Op], w: &Windows, max_states: usize) -> KeyResult {
+    let prepared: Vec<Prepared> = ops
+        .iter()
+        .map(|op| Prepared {
+            op,
+            lo: op.invoke.saturating_sub(w.behind),
+            hi: op
+                .complete
+                .map_or(Millis::MAX, |c| c.saturating_add(w.ahead)),
+        })
+        .collect();
+    let n = prepared.len();
+    let must: usize = prepared.iter().filter(|p| p.op.complete.is_some()).count();
+    let mut seen: HashSet<(Vec<u64>, Vec<u8>)> = HashSet::new();
+    // Depth-first search; each frame holds the successors still to try.
+    struct Frame {
+        done: Vec<u64>,
+        completed: usize,
+        next: Vec<(usize, Model)>,
+    }
+    let start = Model::new();
+    let mut stack = vec![Frame {
+        done: vec![0; n.div_ceil(64)],
+        completed: 0,
+        next: successors(key, &prepared, &vec![0; n.div_ceil(64)], &start, w),
+    }];
+    let mut deepest = (0usize, 0usize);
+    let mut states = 0usize;
+    while let Some(top) = stack.last_mut() {
+        let Some((i, model)) = top.next.pop() else {
+            stack.pop();
+            continue;
+        };
+        let mut done = top.done.clone();
+        done[i / 64] |= 1 << (i % 64);
+        let completed = top.completed + usize::from(prepared[i].op.complete.is_some());
+        if completed == must {
+            return KeyResult::Linearizable;
+        }
+        if !seen.insert((done.clone(), model.fingerprint())) {
+            continue;
+        }
+        states += 1;
+        if states > max_states {
+            return KeyResult::Inconclusive;
+        }
+        if completed > deepest.0 {
+            deepest = (completed, i);
+        }
+        let next = successors(key, &prepared, &done, &model, w);
+        stack.push(Frame {
+            done,
+            completed,
+            next,
+        });
+    }
+    if must == 0 {
+        return KeyResult::Linearizable;
+    }
+    // Explain with the first operation no order could account for.
+    let stuck = (0..n)
+        .filter(|&i| prepared[i].op.complete.is_some())
+        .nth(deepest.0)
+        .map(|i| describe(prepared[i].op))
+        .unwrap_or_default();
+    KeyResult::Violation(format!(
+        "{key}: no linearization of {n} operations; the longest valid prefix has {} completed \
+         operations, and nothing can follow it among operations such as: {stuck}",
+        deepest.0
+    ))
+}
+
+fn describe(op: &Op) -> String {
+    format!(
+        "client {} [{}..{}] {:?} -> {:?}",
+        op.client,
+        op.invoke,
+        op.complete.map_or("?".to_string(), |c| c.to_string()),
+        op.call,
+        op.ret
+    )
+}
+
+fn is_done(done: &[u64], i: usize) -> bool {
+    done[i / 64] & (1 << (i % 64)) != 0
+}
+
+/// Every (operation, resulting model) that can come next.
+fn successors(
+    key: &LockKey,
+    ops: &[Prepared],
+    done: &[u64],
+    model: &Model,
+    w: &Windows,
+) -> Vec<(usize, Model)> {
+    // An operation can come next unless some pending operation completed
+    // before it was invoked.
+    let horizon = ops
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !is_done(done, *i))
+        .filter_map(|(_, p)| p.op.complete)
+        .min()
+        .unwrap_or(Millis::MAX);
+    let mut out = Vec::new();
+    for (i, p) in ops.iter().enumerate() {
+        if is_done(done, i) {
+            continue;
+        }
+        if p.op.invoke > horizon {
+            break;
+        }
+        for base in with_graces(model, p, w) {
+            for now in time_candidates(&base, p) {
+                let mut m = base.clone();
+                if step(key, &mut m, p.op, now) {
+                    out.push((i, m));
+                }
+            }
+        }
+    }
+    // Pop from the end: try the earliest operations first.
+    out.reverse();
+    out
+}
+
+/// The model, and the model after each fail-over grace that may come first.
+fn with_graces(model: &Model, p: &Prepared, w: &Windows) -> Vec<Model> {
+    let mut out = vec![model.clone()];
+    let mut m = model.clone();
+    while let Some(&(a, b)) = w.elections.get(m.graces) {
+        if a > p.hi {
+            break;
+        }
+        m.graces += 1;
+        // The grace came at some point of its window: try both ends.
+        let at_lo = a.max(m.table.now());
+        let at_hi = b.min(p.hi).max(at_lo);
+        for at in [at_lo, at_hi] {
+            let mut g = m.clone();
+            g.table.grant_grace(at);
+            out.push(g);
+        }
+        out.push(m.clone());
+    }
+    out
+}
+
+/// State times worth trying for `p` on `model`.
+fn time_candidates(model: &Model, p: &Prepared) -> Vec<Millis> {
+    let from = p.lo.max(model.table.now());
+    if let Some(pinned) = pinned_time(model, p.op) {
+        return if pinned >= model.table.now() {
+            vec![pinned]
+        } else {
+            Vec::new()
+        };
+    }
+    if from > p.hi {
+        return Vec::new();
+    }
+    let mut out = vec![from];
+    let mut probe = model.table.clone();
+    let mut events = Vec::new();
+    probe.tick(from, &mut events);
+    while out.len() < MAX_TIME_CANDIDATES {
+        match probe.next_deadline() {
+            Some(d) if d <= p.hi && d > *out.last().unwrap_or(&0) => {
+                out.push(d);
+                events.clear();
+                probe.tick(d, &mut events);
+            }
+            _ => break,
+        }
+    }
+    out
+}
+
+/// The state time an answer reveals, if it carries one.
+fn pinned_time(model: &Model, op: &Op) -> Option<Millis> {
+    let Call::Exec { command, .. } = &op.call else {
+        return None;
+    };
+    let Ret::Exec(Ok(resp)) = &op.ret else {
+        return None;
+    };
+    match (command, resp) {
+        (Command::OpenSession { ttl_ms }, Response::SessionOpened { expires_at, .. }) => {
+            expires_at.checked_sub(*ttl_ms)
+        }
+        (Command::KeepAlive { session }, Response::KeptAlive { expires_at }) => {
+            let s = model.sessions.get(&session.0)?;
+            let ttl = model.table.describe_session(*s)?.ttl_ms;
+            expires_at.checked_sub(ttl)
+        }
+        (Command::Acquire { .. } | Command::Steal { .. }, Response::Granted(g)) => {
+            Some(g.granted_at)
+        }
+        (
+            Command::Acquire {
+                timeout_ms: Some(t),
+                ..
+            },
+            Response::Queued {
+                deadline: Some(d), ..
+            },
+        ) => d.checked_sub(*t),
+        (
+            Command::Extend { key, .. },
+            Response::Extended {
+                expires_at: Some(e),
+            },
+        ) => {
+            let ttl = model.table.describe(key)?.ttl_ms?;
+            e.checked_sub(ttl)
+        }
+        _ => None,
+    }
+}
+
+/// Applies `op` to `m` at `now`; true if the model's answer matches the real one.
+fn step(key: &LockKey, m: &mut Model, op: &Op, now: Millis) -> bool {
+    let mut events = Vec::new();
+    match &op.call {
+        Call::Exec {
+            request_id,
+            command,
+        } => {
+            let Some((cmd, loose)) = m.translate(command) else {
+                return false;
+            };
+            let got = m.table.apply_request(now, *request_id, &cmd, &mut events);
+            m.note(key, &events);
+            if matches!(got, Ok(Response::Queued { .. })) {
+                if let Some(s) = cmd.session() {
+                    m.waits.remove(&s);
+                }
+            }
+            match &op.ret {
+                Ret::Unknown => true,
+                Ret::Exec(real) if loose => real.is_ok() == got.is_ok(),
+                Ret::Exec(real) => exec_matches(m, real, &got),
+                _ => false,
+            }
+        }
+        Call::Validate { token, .. } => {
+            m.table.tick(now, &mut events);
+            m.note(key, &events);
+            let Ret::Validate(real) = &op.ret else {
+                return matches!(op.ret, Ret::Unknown);
+            };
+            match m.real_to_model_token(*token) {
+                Some(t) => {
+                    let got = m.table.validate(now, key, t).map(|_| ());
+                    same_error_kind(real, &got)
+                }
+                // A token the checker never saw granted can only be invalid.
+                None => real.is_err(),
+            }
+        }
+        Call::WaitResult { session, .. } => {
+            m.table.tick(now, &mut events);
+            m.note(key, &events);
+            let Ret::Wait(real) = &op.ret else {
+                return matches!(op.ret, Ret::Unknown);
+            };
+            let Some(s) = m.sessions.get(&session.0).copied() else {
+                return false;
+            };
+            let known = m.waits.get(&s).copied();
+            if m.table.describe_session(s).is_none()
+                && *real == WaitResult::Ended(fencelock_core::WaitEnd::SessionEnded)
+            {
+                // An ended session's wait book is gone: the node answers "session ended".
+                return true;
+            }
+            match (real, known) {
+                (
+                    WaitResult::Granted { token, mode },
+                    Some(WaitResult::Granted {
+                        token: mt,
+                        mode: mm,
+                    }),
+                ) => *mode == mm && m.bind_token(mt.0, token.0),
+                (WaitResult::Ended(r), Some(WaitResult::Ended(mr))) => *r == mr,
+                _ => false,
+            }
+        }
+    }
+}
+
+fn same_error_kind<T, U>(a: &Result<T, LockError>, b: &Result<U, LockError>) -> bool {
+    match (a, b) {
+        (Ok(_), Ok(_)) => true,
+        (Err(x), Err(y)) => std::mem::discriminant(x) == std::mem::discriminant(y),
+        _ => false,
+    }
+}
+
+/// Compares a real answer with the model's, binding ids on the way.
+fn exec_matches(
+    m: &mut Model,
+    real: &Result<Response, LockError>,
+    got: &Result<Response, LockError>,
+) -> bool {
+    let (Ok(real), Ok(got)) = (real, got) else {
+        return same_error_kind(real, got);
+    };
+    match (real, got) {
+        (
+            Response::SessionOpened {
+                session: rs,
+                expires_at: re,
+            },
+            Response::SessionOpened {
+                session: ms,
+                expires_at: me,
+            },
+        ) => {
+            if re != me || m.sessions.contains_key(&rs.0) {
+                return false;
+            }
+            m.sessions.insert(rs.0, *ms);
+            true
+        }
+        (Response::Granted(r), Response::Granted(g)) => {
+            r.mode == g.mode
+                && r.granted_at == g.granted_at
+                && r.expires_at == g.expires_at
+                && m.bind_token(g.token.0, r.token.0)
+        }
+        _ => real == got,
+    }
+}
+
+#[cfg(test)]
+#[path = "linear_tests.rs"]
+mod tests;

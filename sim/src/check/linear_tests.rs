@@ -1,0 +1,322 @@
+//! Hand-made histories: ones the checker must accept and ones it must reject.
+
+use super::*;
+use crate::history::{Call, History, Op, Ret, WaitResult};
+use fencelock_core::{Grant, Mode, RequestId, WaitEnd};
+
+fn key() -> LockKey {
+    LockKey::new("sim", "k").unwrap()
+}
+
+/// A small history builder: one session per client, opened at time 0.
+struct H {
+    h: History,
+}
+
+impl H {
+    fn new(clients: u32, ttl: u64) -> H {
+        let mut h = History::default();
+        for c in 1..=clients {
+            h.ops.push(Op {
+                client: c,
+                invoke: 0,
+                complete: Some(1),
+                call: Call::Exec {
+                    request_id: None,
+                    command: Command::OpenSession { ttl_ms: ttl },
+                },
+                // Real ids differ from the model's on purpose (x100).
+                ret: Ret::Exec(Ok(Response::SessionOpened {
+                    session: SessionId(c as u64 * 100),
+                    expires_at: ttl,
+                })),
+            });
+        }
+        H { h }
+    }
+
+    fn op(&mut self, client: u32, span: (u64, Option<u64>), command: Command, ret: Ret) {
+        self.h.ops.push(Op {
+            client,
+            invoke: span.0,
+            complete: span.1,
+            call: Call::Exec {
+                request_id: Some(RequestId(self.h.ops.len() as u64)),
+                command,
+            },
+            ret,
+        });
+    }
+
+    fn acquire(&mut self, c: u32, span: (u64, Option<u64>), timeout: Option<u64>, ret: Ret) {
+        let command = Command::Acquire {
+            key: key(),
+            session: s(c),
+            mode: Mode::Exclusive,
+            timeout_ms: timeout,
+        };
+        self.op(c, span, command, ret);
+    }
+
+    fn release(&mut self, c: u32, span: (u64, Option<u64>), token: u64, ret: Ret) {
+        let command = Command::Release {
+            key: key(),
+            session: s(c),
+            token: FencingToken(token),
+        };
+        self.op(c, span, command, ret);
+    }
+
+    fn steal(&mut self, c: u32, span: (u64, Option<u64>), ret: Ret) {
+        let command = Command::Steal {
+            key: key(),
+            session: s(c),
+        };
+        self.op(c, span, command, ret);
+    }
+
+    fn validate(&mut self, c: u32, span: (u64, u64), token: u64, ret: Result<(), LockError>) {
+        self.h.ops.push(Op {
+            client: c,
+            invoke: span.0,
+            complete: Some(span.1),
+            call: Call::Validate {
+                key: key(),
+                token: FencingToken(token),
+            },
+            ret: Ret::Validate(ret),
+        });
+    }
+
+    fn wait_result(&mut self, c: u32, span: (u64, u64), result: WaitResult) {
+        self.h.ops.push(Op {
+            client: c,
+            invoke: span.0,
+            complete: Some(span.1),
+            call: Call::WaitResult {
+                key: key(),
+                session: s(c),
+            },
+            ret: Ret::Wait(result),
+        });
+    }
+
+    fn check(&self) -> LinReport {
+        check(&self.h, 100_000)
+    }
+}
+
+fn s(c: u32) -> SessionId {
+    SessionId(c as u64 * 100)
+}
+
+fn granted(token: u64, at: u64) -> Ret {
+    Ret::Exec(Ok(Response::Granted(Grant {
+        token: FencingToken(token),
+        mode: Mode::Exclusive,
+        granted_at: at,
+        expires_at: None,
+    })))
+}
+
+fn ok(r: Response) -> Ret {
+    Ret::Exec(Ok(r))
+}
+
+fn would_block() -> Ret {
+    Ret::Exec(Err(LockError::WouldBlock { key: key() }))
+}
+
+fn assert_ok(r: &LinReport) {
+    assert!(r.violations.is_empty(), "{:?}", r.violations);
+    assert_eq!(r.inconclusive_keys, 0);
+    assert!(r.ops_checked > 0);
+}
+
+fn assert_violation(r: &LinReport) {
+    assert_eq!(r.violations.len(), 1, "expected a violation: {r:?}");
+    assert_eq!(r.violations[0].checker, Checker::Linearizability);
+}
+
+#[test]
+fn a_sequential_handoff_is_linearizable() {
+    let mut h = H::new(2, 60_000);
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    h.acquire(2, (20, Some(22)), Some(0), would_block());
+    h.release(1, (30, Some(32)), 7, ok(Response::Released));
+    h.acquire(2, (40, Some(42)), Some(0), granted(9, 41));
+    h.validate(2, (50, 52), 9, Ok(()));
+    h.validate(
+        1,
+        (50, 52),
+        7,
+        Err(LockError::NotHolder {
+            key: key(),
+            token: FencingToken(7),
+        }),
+    );
+    assert_ok(&h.check());
+}
+
+#[test]
+fn two_holders_at_once_are_rejected() {
+    let mut h = H::new(2, 60_000);
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    h.acquire(2, (20, Some(22)), Some(0), granted(8, 21));
+    assert_violation(&h.check());
+}
+
+#[test]
+fn concurrent_acquires_may_be_ordered_either_way() {
+    let mut h = H::new(2, 60_000);
+    // Client 2's try-lock overlaps client 1's acquire, and wins.
+    h.acquire(1, (10, Some(30)), Some(0), would_block());
+    h.acquire(2, (15, Some(20)), Some(0), granted(3, 18));
+    assert_ok(&h.check());
+}
+
+#[test]
+fn tokens_out_of_grant_order_are_rejected() {
+    // The second grant carries a lower token than the first: fencing broken.
+    let mut h = H::new(2, 60_000);
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    h.release(1, (20, Some(22)), 7, ok(Response::Released));
+    h.acquire(2, (30, Some(32)), Some(0), granted(5, 31));
+    assert_violation(&h.check());
+}
+
+#[test]
+fn a_stale_validate_after_a_steal_is_rejected() {
+    // What a follower serving validate from stale state produces.
+    let mut h = H::new(2, 60_000);
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    h.steal(2, (20, Some(22)), granted(8, 21));
+    h.validate(1, (30, 32), 7, Ok(()));
+    assert_violation(&h.check());
+    // The same with the correct answer passes.
+    let mut h = H::new(2, 60_000);
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    h.steal(2, (20, Some(22)), granted(8, 21));
+    h.validate(
+        1,
+        (30, 32),
+        7,
+        Err(LockError::Stolen {
+            key: key(),
+            token: FencingToken(7),
+        }),
+    );
+    assert_ok(&h.check());
+}
+
+#[test]
+fn a_steal_that_reuses_the_token_is_rejected() {
+    let mut h = H::new(2, 60_000);
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    h.steal(2, (20, Some(22)), granted(7, 21));
+    assert_violation(&h.check());
+}
+
+#[test]
+fn an_unknown_acquire_may_or_may_not_have_happened() {
+    for later in [would_block(), granted(4, 31)] {
+        let mut h = H::new(2, 60_000);
+        h.acquire(1, (10, None), Some(0), Ret::Unknown);
+        h.acquire(2, (30, Some(32)), Some(0), later);
+        assert_ok(&h.check());
+    }
+    // But it cannot have happened before it was sent.
+    let mut h = H::new(2, 60_000);
+    h.acquire(2, (5, Some(8)), Some(0), would_block());
+    h.acquire(1, (10, None), Some(0), Ret::Unknown);
+    assert_violation(&h.check());
+}
+
+#[test]
+fn session_expiry_frees_the_lock_only_after_the_ttl() {
+    // Client 1's session (TTL 1 s, opened at 0) lapses; client 2 gets the lock.
+    let mut h = H::new(2, 1_000);
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    h.op(
+        2,
+        (500, Some(502)),
+        Command::KeepAlive { session: s(2) },
+        ok(Response::KeptAlive { expires_at: 1_501 }),
+    );
+    h.acquire(2, (1_200, Some(1_202)), Some(0), granted(9, 1_201));
+    assert_ok(&h.check());
+    // Granted before client 1's session could have ended: not linearizable.
+    let mut h = H::new(2, 1_000);
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    h.acquire(2, (600, Some(602)), Some(0), granted(9, 601));
+    assert_violation(&h.check());
+}
+
+#[test]
+fn a_queued_waiter_is_granted_on_release() {
+    let mut h = H::new(2, 60_000);
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    h.acquire(
+        2,
+        (20, Some(22)),
+        Some(5_000),
+        ok(Response::Queued {
+            position: 1,
+            deadline: Some(5_021),
+        }),
+    );
+    h.release(1, (30, Some(32)), 7, ok(Response::Released));
+    let g = WaitResult::Granted {
+        token: FencingToken(8),
+        mode: Mode::Exclusive,
+    };
+    h.wait_result(2, (25, 40), g);
+    h.validate(2, (50, 52), 8, Ok(()));
+    assert_ok(&h.check());
+    // A wait that "timed out" although the lock was free long before its deadline.
+    let mut h = H::new(2, 60_000);
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    h.acquire(
+        2,
+        (20, Some(22)),
+        Some(5_000),
+        ok(Response::Queued {
+            position: 1,
+            deadline: Some(5_021),
+        }),
+    );
+    h.release(1, (30, Some(32)), 7, ok(Response::Released));
+    h.wait_result(2, (25, 6_000), WaitResult::Ended(WaitEnd::TimedOut));
+    assert_violation(&h.check());
+}
+
+#[test]
+fn a_wait_times_out_at_its_deadline() {
+    let mut h = H::new(2, 60_000);
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    h.acquire(
+        2,
+        (20, Some(22)),
+        Some(1_000),
+        ok(Response::Queued {
+            position: 1,
+            deadline: Some(1_021),
+        }),
+    );
+    h.wait_result(2, (25, 1_100), WaitResult::Ended(WaitEnd::TimedOut));
+    // Client 1 still holds the lock after the wait ended.
+    h.validate(1, (1_200, 1_202), 7, Ok(()));
+    assert_ok(&h.check());
+}
+
+#[test]
+fn a_grace_during_an_election_keeps_a_session_alive() {
+    // Session TTL 1 s; no keep-alive from client 1; an election at 800..900
+    // grants grace, so at 1_500 client 1 still holds.
+    let mut h = H::new(2, 1_000);
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    h.acquire(2, (1_500, Some(1_502)), Some(0), would_block());
+    assert_violation(&h.check());
+    h.h.elections.push((800, 900));
+    assert_ok(&h.check());
+}
