@@ -22,7 +22,7 @@ use crate::error::LockError;
 use crate::key::LockKey;
 use crate::limits::Limits;
 use crate::lock::LockState;
-use crate::session::{Outcome, RequestMemory, Session};
+use crate::session::{KeyIndex, Outcome, RequestMemory, Session};
 use crate::table::{Due, Table};
 use crate::types::{FencingToken, Millis, RequestId, SessionId};
 use serde::{Deserialize, Serialize};
@@ -294,6 +294,12 @@ impl KeyView {
         let _ = self.apply(now, None, &Command::Tick, events);
     }
 
+    /// Highest token ever issued for this key (across destroy), or the floor.
+    /// Any later grant has a higher one.
+    pub fn last_token(&self) -> FencingToken {
+        FencingToken(self.table.last_token)
+    }
+
     /// State time of the view.
     pub fn now(&self) -> Millis {
         self.table.now()
@@ -415,8 +421,8 @@ fn insert_session(
     let session = Session {
         ttl_ms,
         expires_at,
-        holds: BTreeMap::new(),
-        waits: BTreeMap::new(),
+        holds: KeyIndex::default(),
+        waits: KeyIndex::default(),
         requests,
     };
     if let Some(old) = table.sessions.insert(id, session) {
@@ -645,6 +651,7 @@ mod tests {
             panic!("not granted")
         };
         assert_eq!(g.token, FencingToken(42), "above the store's floor");
+        assert_eq!(v.last_token(), FencingToken(42));
         v.apply(2, None, &Command::Destroy { key: key() }, &mut ev)
             .unwrap();
         let tomb = v.record();
