@@ -3,15 +3,15 @@
 
 use crate::config::{check_schema, PgConfig};
 use crate::error::db_error;
-use crate::notify::{listen, woken_for, Wake};
+use crate::notify::{listen, next_wake, Wake};
 use crate::sql::Sql;
-use crate::store::{affects_others, Acting, Applied, Loaded, Store};
+use crate::store::{Acting, Applied, Loaded, Store};
 use crate::sweep::{self, Alarm};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use fencelock::{Backend, Error, LockError, WaitStatus};
 use fencelock_core::{
-    Command, FencingToken, HolderInfo, LockInfo, LockKey, Millis, RequestId, Response, SessionId,
+    Command, FencingToken, HolderInfo, LockInfo, LockKey, RequestId, Response, SessionId,
     SessionInfo, WaitEnd, WaitOutcome, WaitView,
 };
 use std::str::FromStr;
@@ -158,8 +158,8 @@ impl PgBackend {
 
     /// Local wake-ups (remote ones come by NOTIFY) and the sweeper's alarm.
     fn after_commit(&self, applied: &Applied) {
-        if affects_others(&applied.events) {
-            let _ = self.inner.hub.send(Wake::Key(applied.loaded.key.clone()));
+        if let Some(change) = &applied.change {
+            let _ = self.inner.hub.send(Wake::Key(change.clone()));
         }
         if let Some(at) = applied.loaded.view.deadline() {
             self.inner.alarm.deadline(at);
@@ -181,9 +181,15 @@ impl PgBackend {
         Ok(loaded)
     }
 
-    /// How long until `at` on the server clock, seen from `now`.
-    fn until(now: Millis, at: Option<Millis>) -> Option<Duration> {
-        at.map(|at| Duration::from_millis(at.saturating_sub(now)))
+    /// When to re-read at the latest: the re-check interval, the key's next
+    /// expiry (server clock, seen from the read's `now`), or `give_up`.
+    fn nap(&self, loaded: &Loaded, give_up: Instant) -> Instant {
+        let mut nap = (Instant::now() + self.inner.recheck).min(give_up);
+        if let Some(at) = loaded.view.next_due() {
+            let due = Duration::from_millis(at.saturating_sub(loaded.now));
+            nap = nap.min(Instant::now() + due);
+        }
+        nap
     }
 }
 
@@ -213,11 +219,9 @@ impl Backend for PgBackend {
             Command::OpenSession { ttl_ms } => return store.open_session(*ttl_ms).await,
             Command::KeepAlive { session } => return store.keep_alive(*session).await,
             Command::CloseSession { session } => {
-                let (response, events) = store.close_session(*session).await?;
-                for (key, events) in events {
-                    if affects_others(&events) {
-                        let _ = self.inner.hub.send(Wake::Key(key));
-                    }
+                let (response, changes) = store.close_session(*session).await?;
+                for change in changes {
+                    let _ = self.inner.hub.send(Wake::Key(change));
                 }
                 return Ok(response);
             }
@@ -272,13 +276,25 @@ impl Backend for PgBackend {
             if status != WaitStatus::Waiting || now >= give_up {
                 return Ok(status);
             }
-            let mut nap = (give_up - now).min(self.inner.recheck);
-            if let Some(due) = Self::until(loaded.now, loaded.view.next_due()) {
-                nap = nap.min(due);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(nap) => {}
-                _ = woken_for(&mut woken, key) => {}
+            // A grant above every token issued before this read is the grant
+            // of this wait (an older one could be a late echo of the last wait).
+            let floor = loaded.view.last_token();
+            let nap = self.nap(&loaded, give_up);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(nap) => break,
+                    change = next_wake(&mut woken, key) => match change {
+                        Some(c) => {
+                            if let Some(g) = c.grant_for(session).filter(|g| g.token > floor) {
+                                return Ok(WaitStatus::Granted(g));
+                            }
+                            if c.touches(session) {
+                                break;
+                            }
+                        }
+                        None => break,
+                    },
+                }
             }
         }
     }
@@ -294,17 +310,18 @@ impl Backend for PgBackend {
         loop {
             let loaded = self.current(key, &[]).await?;
             let holder = loaded.view.validate(loaded.now, token)?;
-            let now = Instant::now();
-            if now >= give_up {
+            if Instant::now() >= give_up {
                 return Ok(holder);
             }
-            let mut nap = (give_up - now).min(self.inner.recheck);
-            if let Some(due) = Self::until(loaded.now, loaded.view.next_due()) {
-                nap = nap.min(due);
-            }
-            tokio::select! {
-                _ = tokio::time::sleep(nap) => {}
-                _ = woken_for(&mut woken, key) => {}
+            let nap = self.nap(&loaded, give_up);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(nap) => break,
+                    change = next_wake(&mut woken, key) => match change {
+                        Some(c) if !c.touches(holder.session) => {}
+                        _ => break,
+                    },
+                }
             }
         }
     }

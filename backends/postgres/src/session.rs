@@ -8,13 +8,14 @@
 //! row — all in one transaction, so its holds and waits end together.
 
 use crate::error::{corrupt, db_error};
+use crate::notify::Change;
 use crate::store::{session_param, to_i64, Selection, Store};
 use fencelock::Error;
 use fencelock_core::{
-    check_open_session, Command, Event, LockError, LockKey, Millis, Response, SessionId,
-    SessionInfo,
+    check_open_session, Command, LockError, LockKey, Millis, Response, SessionId, SessionInfo,
 };
 use futures_util::future::try_join_all;
+use std::sync::Arc;
 use tokio_postgres::types::Type;
 
 impl Store {
@@ -62,7 +63,7 @@ impl Store {
     pub async fn close_session(
         &self,
         session: SessionId,
-    ) -> Result<(Response, Vec<(LockKey, Vec<Event>)>), Error> {
+    ) -> Result<(Response, Vec<Arc<Change>>), Error> {
         let id = session_param(session);
         let batch = self
             .apply_selected(
@@ -83,12 +84,8 @@ impl Store {
             }
             _ => Err(LockError::SessionNotFound { session }),
         };
-        let events = batch
-            .applied
-            .into_iter()
-            .map(|a| (a.loaded.key, a.events))
-            .collect();
-        Ok((answer?, events))
+        let changes = batch.applied.into_iter().filter_map(|a| a.change).collect();
+        Ok((answer?, changes))
     }
 
     pub async fn describe_session(&self, session: SessionId) -> Result<Option<SessionInfo>, Error> {

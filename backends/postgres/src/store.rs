@@ -16,15 +16,17 @@
 //! loser's transaction commits nothing and runs again.
 
 use crate::error::{commit_error, corrupt, db_error, is_retryable, pool_error};
+use crate::notify::Change;
 use crate::pg::{self, Param};
 use crate::sql::Sql;
 use deadpool_postgres::{Object, Pool};
 use fencelock::Error;
 use fencelock_core::{
-    Command, Event, KeyView, Limits, LockKey, LockRecord, Millis, RequestId, Response, SessionId,
+    Command, KeyView, Limits, LockKey, LockRecord, Millis, RequestId, Response, SessionId,
     SessionRecord,
 };
 use futures_util::future::try_join_all;
+use std::sync::Arc;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Row};
 
@@ -55,7 +57,8 @@ impl Loaded {
 /// What one transaction did to one key.
 pub(crate) struct Applied {
     pub outcome: Result<Response, fencelock_core::LockError>,
-    pub events: Vec<Event>,
+    /// What other clients must hear about (sent by NOTIFY at commit).
+    pub change: Option<Arc<Change>>,
     pub loaded: Loaded,
 }
 
@@ -270,7 +273,7 @@ impl Store {
                         limit: "max_locks_per_session".into(),
                         max,
                     }),
-                    events: Vec::new(),
+                    change: None,
                     loaded,
                 }));
             }
@@ -282,13 +285,13 @@ impl Store {
                 return Err(Retry::Fail(e));
             }
         };
-        let notify = affects_others(&events);
+        let change = Change::from_events(key, &events).map(Arc::new);
         // Round trip 2: write, notify, commit.
         let inserted = self
-            .write_and_commit(
+            .write_many_and_commit(
                 &client,
                 write.into_iter().collect(),
-                notify.then_some(key),
+                change.iter().map(|c| &**c).collect(),
                 None,
             )
             .await;
@@ -297,7 +300,7 @@ impl Store {
                 loaded.existed = true;
                 Ok(Some(Applied {
                     outcome,
-                    events,
+                    change,
                     loaded,
                 }))
             }
@@ -309,26 +312,15 @@ impl Store {
     /// Pipelines the writes, the notifications, an optional extra statement
     /// (`DELETE` of a closed session) and `COMMIT`. `Ok(false)`: an insert
     /// lost a race (the transaction committed nothing of ours).
-    pub(crate) async fn write_and_commit(
-        &self,
-        client: &Client,
-        writes: Vec<Write>,
-        notify: Option<&LockKey>,
-        delete_session: Option<i64>,
-    ) -> Result<bool, Retry> {
-        self.write_many_and_commit(client, writes, notify.into_iter().collect(), delete_session)
-            .await
-    }
-
     pub(crate) async fn write_many_and_commit(
         &self,
         client: &Client,
         writes: Vec<Write>,
-        notify: Vec<&LockKey>,
+        notify: Vec<&Change>,
         delete_session: Option<i64>,
     ) -> Result<bool, Retry> {
         let channel = self.sql.channel.as_str();
-        let payloads: Vec<String> = notify.iter().map(|k| crate::notify::payload(k)).collect();
+        let payloads: Vec<String> = notify.into_iter().map(crate::notify::payload).collect();
         let result = tokio::try_join!(
             try_join_all(writes.iter().map(|w| self.write(client, w))),
             try_join_all(payloads.iter().map(|p| {
@@ -426,16 +418,6 @@ pub(crate) fn plan_write(loaded: &Loaded) -> Result<Option<Write>, Error> {
         last_token: to_i64(record.last_token().0, "token")?,
         updated_at: to_i64(loaded.view.now(), "time")?,
     }))
-}
-
-/// Whether a transition changed anything for a client other than the caller.
-pub(crate) fn affects_others(events: &[Event]) -> bool {
-    events.iter().any(|e| {
-        matches!(
-            e,
-            Event::Granted { .. } | Event::WaitEnded { .. } | Event::HoldLost { .. }
-        )
-    })
 }
 
 /// The result of a transaction over several keys.
@@ -553,15 +535,11 @@ impl Store {
             loaded.existed = true;
             applied.push(Applied {
                 outcome,
-                events,
+                change: Change::from_events(key, &events).map(Arc::new),
                 loaded,
             });
         }
-        let notify: Vec<&LockKey> = applied
-            .iter()
-            .filter(|a| affects_others(&a.events))
-            .map(|a| &a.loaded.key)
-            .collect();
+        let notify: Vec<&Change> = applied.iter().filter_map(|a| a.change.as_deref()).collect();
         // Round trip 3: write, notify, delete the session, commit.
         let delete = delete_session.then_some(sid);
         match self

@@ -41,10 +41,8 @@ pub(crate) async fn sweep(store: &Store, hub: &broadcast::Sender<Wake>) -> Resul
             let batch = store
                 .apply_selected(None, Selection { sql, param: BATCH }, &Command::Tick, false)
                 .await?;
-            for a in &batch.applied {
-                if crate::store::affects_others(&a.events) {
-                    let _ = hub.send(Wake::Key(a.loaded.key.clone()));
-                }
+            for change in batch.applied.iter().filter_map(|a| a.change.clone()) {
+                let _ = hub.send(Wake::Key(change));
             }
             total += batch.applied.len();
             if (batch.applied.len() as i64) < BATCH {
