@@ -4,6 +4,7 @@
 //! [`Table::restore`] to refuse corrupt snapshots. O(n log n); not for hot paths.
 
 use crate::lock::LockState;
+use crate::session::sorted;
 use crate::table::{Due, Table};
 
 impl Table {
@@ -127,16 +128,16 @@ impl Table {
                 return Err(format!("session {id} is not in the deadline index"));
             }
             expected_deadlines += 1;
-            for (key, token) in &s.holds {
-                let held = self.locks.get(key).and_then(|l| l.holders.get(token));
+            for (key, token) in sorted(&s.holds) {
+                let held = self.locks.get(key).and_then(|l| l.holders.get(&token));
                 if held.is_none_or(|h| h.session != *id) {
                     return Err(format!(
                         "session {id} indexes a hold of {key} that does not exist"
                     ));
                 }
             }
-            for (key, seq) in &s.waits {
-                let queued = self.locks.get(key).and_then(|l| l.queue.get(seq));
+            for (key, seq) in sorted(&s.waits) {
+                let queued = self.locks.get(key).and_then(|l| l.queue.get(&seq));
                 if queued.is_none_or(|w| w.session != *id) {
                     return Err(format!(
                         "session {id} indexes a wait for {key} that does not exist"

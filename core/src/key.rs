@@ -4,11 +4,46 @@
 //! a session's index, a deadline entry, an event) is one reference-count bump,
 //! and because NUL is forbidden in both parts, byte order of the joined string
 //! is exactly the order of the `(namespace, name)` pair.
+//!
+//! The key also carries its hash, computed once when it is built: the table
+//! looks a key up several times per command (lock map, session index, deadline
+//! index), and hashing the string each time was the largest cost of an
+//! uncontended acquire + release.
 
 use crate::error::LockError;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::cmp::Ordering;
+use std::collections::hash_map::DefaultHasher;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
+
+/// Hasher for maps keyed by [`LockKey`] (the lock map, a session's index): a
+/// key hashes itself once when it is built (deterministic across runs and
+/// replicas), so these maps use that value as is.
+pub(crate) type FixedState = BuildHasherDefault<KeyHasher>;
+
+/// Passes a key's precomputed hash through (see [`FixedState`]).
+#[derive(Default)]
+pub(crate) struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+
+    /// Only `LockKey`s are hashed here, and they write one `u64`; any other
+    /// input still gets a deterministic (if slower) hash.
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x517c_c1b7_2722_0a95);
+        }
+    }
+}
 
 /// Longest namespace, in bytes.
 pub const MAX_NAMESPACE_LEN: usize = 128;
@@ -18,10 +53,12 @@ pub const MAX_NAME_LEN: usize = 512;
 /// A lock's identity. Valid by construction: [`LockKey::new`] (and
 /// deserialization) reject empty, too long, or control-character names.
 /// Suggested (not enforced) naming convention: `resource_type:resource_id`.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone)]
 pub struct LockKey {
     joined: Arc<str>,
     namespace_len: u32,
+    /// SipHash (fixed keys) of `joined`: the same on every replica and run.
+    hash: u64,
 }
 
 impl LockKey {
@@ -33,10 +70,13 @@ impl LockKey {
         joined.push_str(namespace);
         joined.push('\0');
         joined.push_str(name);
+        let mut hasher = DefaultHasher::new();
+        hasher.write(joined.as_bytes());
         Ok(LockKey {
             joined: joined.into(),
             // Bounded by MAX_NAMESPACE_LEN above, so it fits.
             namespace_len: namespace.len() as u32,
+            hash: hasher.finish(),
         })
     }
 
@@ -71,6 +111,39 @@ fn validate_part(field: &'static str, value: &str, max: usize) -> Result<(), Loc
         ));
     }
     Ok(())
+}
+
+// Equality and order are those of the joined string (so of the
+// `(namespace, name)` pair); a shared string or a differing hash answers
+// without comparing bytes.
+impl PartialEq for LockKey {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.joined, &other.joined)
+            || (self.hash == other.hash && self.joined == other.joined)
+    }
+}
+
+impl Eq for LockKey {}
+
+impl Ord for LockKey {
+    fn cmp(&self, other: &Self) -> Ordering {
+        if Arc::ptr_eq(&self.joined, &other.joined) {
+            return Ordering::Equal;
+        }
+        self.joined.cmp(&other.joined)
+    }
+}
+
+impl PartialOrd for LockKey {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Hash for LockKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
 }
 
 impl fmt::Display for LockKey {

@@ -89,6 +89,23 @@ impl LockState {
         }
     }
 
+    /// `token`'s hold, if `session` owns it; otherwise why not.
+    pub fn owned_hold(
+        &self,
+        key: &LockKey,
+        session: SessionId,
+        token: FencingToken,
+    ) -> Result<&Hold, LockError> {
+        match self.holders.get(&token.0) {
+            Some(h) if h.session == session => Ok(h),
+            Some(_) => Err(LockError::NotHolder {
+                key: key.clone(),
+                token,
+            }),
+            None => Err(self.ended_error(key, token)),
+        }
+    }
+
     /// The error for using `token` when it is not a current hold.
     pub fn ended_error(&self, key: &LockKey, token: FencingToken) -> LockError {
         let key = key.clone();

@@ -4,10 +4,10 @@
 
 use crate::command::{Command, Response};
 use crate::error::LockError;
-use crate::key::LockKey;
+use crate::key::{FixedState, LockKey};
 use crate::types::{Millis, RequestId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub(crate) type Outcome = Result<Response, LockError>;
 
@@ -16,9 +16,9 @@ pub(crate) struct Session {
     pub ttl_ms: u64,
     pub expires_at: Millis,
     /// Held lock → token.
-    pub holds: BTreeMap<LockKey, u64>,
+    pub holds: KeyIndex,
     /// Awaited lock → arrival sequence in that lock's queue.
-    pub waits: BTreeMap<LockKey, u64>,
+    pub waits: KeyIndex,
     pub requests: RequestMemory,
 }
 
@@ -26,6 +26,19 @@ impl Session {
     pub fn lock_count(&self) -> u64 {
         (self.holds.len() + self.waits.len()) as u64
     }
+}
+
+/// A session's index of locks (held → token, awaited → queue sequence). A
+/// hash map on the key's precomputed hash, because every acquire and release
+/// touches it; it has no order, so anything that reaches an output (events,
+/// `describe_session`) goes through [`sorted`].
+pub(crate) type KeyIndex = HashMap<LockKey, u64, FixedState>;
+
+/// The entries of an index in key order.
+pub(crate) fn sorted(index: &KeyIndex) -> Vec<(&LockKey, u64)> {
+    let mut entries: Vec<_> = index.iter().map(|(k, v)| (k, *v)).collect();
+    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    entries
 }
 
 /// Remembers the newest `max` requests of one session with their results.

@@ -11,11 +11,10 @@ use crate::error::LockError;
 use crate::key::LockKey;
 use crate::limits::Limits;
 use crate::lock::LockState;
-use crate::session::{RequestMemory, Session};
+use crate::session::{KeyIndex, RequestMemory, Session};
 use crate::table::{Due, Table};
 use crate::types::{Millis, SessionId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 const FORMAT: u32 = 1;
 
@@ -116,8 +115,8 @@ impl Table {
             let session = Session {
                 ttl_ms: s.ttl_ms,
                 expires_at: s.expires_at,
-                holds: BTreeMap::new(),
-                waits: BTreeMap::new(),
+                holds: KeyIndex::default(),
+                waits: KeyIndex::default(),
                 requests: s.requests,
             };
             if table.sessions.insert(s.id, session).is_some() {

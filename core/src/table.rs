@@ -31,23 +31,19 @@
 //! | describe | O(log n + h + w) |
 //! | snapshot / restore | O(n log n) |
 //!
-//! Locks live in a hash map with a fixed (unseeded) hasher: lookups are O(1)
-//! expected, nothing iterates it into an output (snapshots sort by key), and the
-//! same commands give the same results on every replica.
+//! Locks live in a hash map keyed by the key's own hash (SipHash with fixed
+//! keys, computed once per [`LockKey`]): lookups are O(1) expected, nothing
+//! iterates the map into an output (snapshots sort by key), and the same
+//! commands give the same results on every replica.
 
 use crate::command::{Command, Event, Grant, HoldEnd, LockInfo, Response, SessionInfo, WaitEnd};
 use crate::error::LockError;
-use crate::key::LockKey;
+use crate::key::{FixedState, LockKey};
 use crate::limits::Limits;
 use crate::lock::{Hold, LockState, Waiter};
-use crate::session::{Outcome, RequestMemory, Session};
+use crate::session::{sorted, KeyIndex, Outcome, RequestMemory, Session};
 use crate::types::{FencingToken, LockKind, Millis, Mode, RequestId, SessionId};
-use std::collections::hash_map::{DefaultHasher, Entry};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::hash::BuildHasherDefault;
-
-/// Hasher with fixed keys: deterministic across runs and replicas.
-pub(crate) type FixedState = BuildHasherDefault<DefaultHasher>;
 
 /// Something that falls due at a point in time. Variant order is the order of
 /// processing at one instant: waits end before sessions, sessions before leases.
@@ -303,12 +299,14 @@ impl Table {
             session,
             ttl_ms: s.ttl_ms,
             expires_at: s.expires_at,
-            holds: s
-                .holds
-                .iter()
-                .map(|(k, t)| (k.clone(), FencingToken(*t)))
+            holds: sorted(&s.holds)
+                .into_iter()
+                .map(|(k, t)| (k.clone(), FencingToken(t)))
                 .collect(),
-            waits: s.waits.keys().cloned().collect(),
+            waits: sorted(&s.waits)
+                .into_iter()
+                .map(|(k, _)| k.clone())
+                .collect(),
         })
     }
 
@@ -383,8 +381,8 @@ impl Table {
             Session {
                 ttl_ms,
                 expires_at,
-                holds: BTreeMap::new(),
-                waits: BTreeMap::new(),
+                holds: KeyIndex::default(),
+                waits: KeyIndex::default(),
                 requests: RequestMemory::default(),
             },
         );
@@ -424,15 +422,18 @@ impl Table {
         };
         self.deadlines
             .remove(&(s.expires_at, Due::Session(session)));
-        for (key, seq) in &s.waits {
+        // Key order, so events come out the same on every replica.
+        let waits = sorted(&s.waits);
+        let holds = sorted(&s.holds);
+        for &(key, seq) in &waits {
             if let Some(lock) = self.locks.get_mut(key) {
-                if let Some(w) = lock.queue.remove(seq) {
+                if let Some(w) = lock.queue.remove(&seq) {
                     if let Some(d) = w.deadline {
                         self.deadlines.remove(&(
                             d,
                             Due::Wait {
                                 key: key.clone(),
-                                seq: *seq,
+                                seq,
                             },
                         ));
                     }
@@ -445,10 +446,10 @@ impl Table {
                 }
             }
         }
-        for (key, token) in &s.holds {
-            self.end_hold(key, *token, HoldEnd::SessionEnded, events);
+        for &(key, token) in &holds {
+            self.end_hold(key, token, HoldEnd::SessionEnded, events);
         }
-        let affected: BTreeSet<&LockKey> = s.waits.keys().chain(s.holds.keys()).collect();
+        let affected: BTreeSet<&LockKey> = waits.iter().chain(&holds).map(|(k, _)| *k).collect();
         for key in affected {
             self.grant_waiters(key, events);
         }
@@ -502,7 +503,13 @@ impl Table {
         if let Some(t) = timeout_ms.filter(|&t| t > 0) {
             self.check_ttl("timeout_ms", t)?;
         }
-        let Some(s) = self.sessions.get(&session) else {
+        let now = self.now;
+        let max_waiters = self.limits.max_waiters_per_lock;
+        let max_per_session = self.limits.max_locks_per_session;
+        let room_for_lock = self.check_room_for_lock();
+        // One lookup each of the session and the lock, reused below: this is
+        // the hot path of every uncontended acquire.
+        let Some(s) = self.sessions.get_mut(&session) else {
             return Err(LockError::SessionNotFound { session });
         };
         if s.holds.contains_key(key) {
@@ -517,32 +524,28 @@ impl Table {
                 session,
             });
         }
-        if s.lock_count() >= self.limits.max_locks_per_session {
+        if s.lock_count() >= max_per_session {
             return Err(LockError::exhausted(
                 "max_locks_per_session",
-                self.limits.max_locks_per_session,
+                max_per_session,
             ));
         }
-        let now = self.now;
-        let max_waiters = self.limits.max_waiters_per_lock;
-        let room_for_lock = self.check_room_for_lock();
-        let lock = match self.locks.entry(key.clone()) {
-            Entry::Occupied(e) => {
-                let lock = e.into_mut();
-                if lock.kind != mode.kind() {
-                    return Err(LockError::AlreadyExists {
-                        key: key.clone(),
-                        existing: lock.kind,
-                        requested: mode.kind(),
-                    });
-                }
-                lock
-            }
-            Entry::Vacant(e) => {
+        let lock = match self.locks.get_mut(key) {
+            Some(lock) => lock,
+            None => {
                 room_for_lock?;
-                e.insert(LockState::new(mode.kind(), None))
+                self.locks
+                    .entry(key.clone())
+                    .or_insert_with(|| LockState::new(mode.kind(), None))
             }
         };
+        if lock.kind != mode.kind() {
+            return Err(LockError::AlreadyExists {
+                key: key.clone(),
+                existing: lock.kind,
+                requested: mode.kind(),
+            });
+        }
         if lock.grantable_on_arrival(mode) {
             let grant = issue(
                 &mut self.last_token,
@@ -553,9 +556,7 @@ impl Table {
                 mode,
                 now,
             );
-            if let Some(s) = self.sessions.get_mut(&session) {
-                s.holds.insert(key.clone(), grant.token.0);
-            }
+            s.holds.insert(key.clone(), grant.token.0);
             return Ok(Response::Granted(grant));
         }
         if timeout_ms == Some(0) {
@@ -587,9 +588,7 @@ impl Table {
                 },
             ));
         }
-        if let Some(s) = self.sessions.get_mut(&session) {
-            s.waits.insert(key.clone(), seq);
-        }
+        s.waits.insert(key.clone(), seq);
         Ok(Response::Queued { position, deadline })
     }
 
@@ -631,15 +630,7 @@ impl Table {
         session: SessionId,
         token: FencingToken,
     ) -> Result<&Hold, LockError> {
-        let lock = self.lock(key)?;
-        match lock.holders.get(&token.0) {
-            Some(h) if h.session == session => Ok(h),
-            Some(_) => Err(LockError::NotHolder {
-                key: key.clone(),
-                token,
-            }),
-            None => Err(lock.ended_error(key, token)),
-        }
+        self.lock(key)?.owned_hold(key, session, token)
     }
 
     fn op_release(
@@ -649,9 +640,21 @@ impl Table {
         token: FencingToken,
         events: &mut Vec<Event>,
     ) -> Outcome {
-        self.owned_hold(key, session, token)?;
-        self.remove_hold(key, token.0);
-        self.grant_waiters(key, events);
+        // One lock lookup for the check, the removal and the hand-over.
+        let Some(lock) = self.locks.get_mut(key) else {
+            return Err(LockError::NotFound { key: key.clone() });
+        };
+        lock.owned_hold(key, session, token)?;
+        take_hold(lock, key, token.0, &mut self.deadlines, &mut self.sessions);
+        grant_queue(
+            lock,
+            key,
+            self.now,
+            &mut self.last_token,
+            &mut self.deadlines,
+            &mut self.sessions,
+            events,
+        );
         Ok(Response::Released)
     }
 
@@ -788,20 +791,8 @@ impl Table {
     /// Removes a hold from its lock, its session and the deadline index.
     /// Returns the removed hold. Does not grant waiters.
     fn remove_hold(&mut self, key: &LockKey, token: u64) -> Option<Hold> {
-        let hold = self.locks.get_mut(key)?.holders.remove(&token)?;
-        if let Some(at) = hold.expires_at {
-            self.deadlines.remove(&(
-                at,
-                Due::Lease {
-                    key: key.clone(),
-                    token,
-                },
-            ));
-        }
-        if let Some(s) = self.sessions.get_mut(&hold.session) {
-            s.holds.remove(key);
-        }
-        Some(hold)
+        let lock = self.locks.get_mut(key)?;
+        take_hold(lock, key, token, &mut self.deadlines, &mut self.sessions)
     }
 
     /// Ends a hold for `why`: removes it, remembers why, tells its owner.
@@ -838,49 +829,90 @@ impl Table {
         self.grant_waiters(key, events);
     }
 
-    /// Grants the head of the queue while it is compatible with the holders:
-    /// one writer, or every consecutive reader at the head (a reader batch).
+    /// Grants the head of the queue while it is compatible with the holders;
+    /// see [`grant_queue`].
     fn grant_waiters(&mut self, key: &LockKey, events: &mut Vec<Event>) {
-        let now = self.now;
         let Some(lock) = self.locks.get_mut(key) else {
             return;
         };
-        while let Some((&seq, head)) = lock.queue.first_key_value() {
-            if !lock.compatible(head.mode) {
-                break;
-            }
-            let Some(w) = lock.queue.remove(&seq) else {
-                break;
-            };
-            if let Some(d) = w.deadline {
-                self.deadlines.remove(&(
-                    d,
-                    Due::Wait {
-                        key: key.clone(),
-                        seq,
-                    },
-                ));
-            }
-            let grant = issue(
-                &mut self.last_token,
-                &mut self.deadlines,
-                lock,
-                key,
-                w.session,
-                w.mode,
-                now,
-            );
-            if let Some(s) = self.sessions.get_mut(&w.session) {
-                s.waits.remove(key);
-                s.holds.insert(key.clone(), grant.token.0);
-            }
-            events.push(Event::Granted {
+        grant_queue(
+            lock,
+            key,
+            self.now,
+            &mut self.last_token,
+            &mut self.deadlines,
+            &mut self.sessions,
+            events,
+        );
+    }
+}
+
+// The mechanics below take the table's parts as separate borrows, so a caller
+// that already holds `&mut LockState` does not look the lock up again.
+
+/// Removes hold `token` from `lock`, its session's index and the deadline
+/// index. Returns the removed hold. Does not grant waiters.
+fn take_hold(
+    lock: &mut LockState,
+    key: &LockKey,
+    token: u64,
+    deadlines: &mut BTreeSet<(Millis, Due)>,
+    sessions: &mut BTreeMap<SessionId, Session>,
+) -> Option<Hold> {
+    let hold = lock.holders.remove(&token)?;
+    if let Some(at) = hold.expires_at {
+        deadlines.remove(&(
+            at,
+            Due::Lease {
                 key: key.clone(),
-                session: w.session,
-                request_id: w.request_id,
-                grant,
-            });
+                token,
+            },
+        ));
+    }
+    if let Some(s) = sessions.get_mut(&hold.session) {
+        s.holds.remove(key);
+    }
+    Some(hold)
+}
+
+/// Grants the head of `lock`'s queue while it is compatible with the
+/// holders: one writer, or every consecutive reader at the head (a reader batch).
+fn grant_queue(
+    lock: &mut LockState,
+    key: &LockKey,
+    now: Millis,
+    last_token: &mut u64,
+    deadlines: &mut BTreeSet<(Millis, Due)>,
+    sessions: &mut BTreeMap<SessionId, Session>,
+    events: &mut Vec<Event>,
+) {
+    while let Some((&seq, head)) = lock.queue.first_key_value() {
+        if !lock.compatible(head.mode) {
+            break;
         }
+        let Some(w) = lock.queue.remove(&seq) else {
+            break;
+        };
+        if let Some(d) = w.deadline {
+            deadlines.remove(&(
+                d,
+                Due::Wait {
+                    key: key.clone(),
+                    seq,
+                },
+            ));
+        }
+        let grant = issue(last_token, deadlines, lock, key, w.session, w.mode, now);
+        if let Some(s) = sessions.get_mut(&w.session) {
+            s.waits.remove(key);
+            s.holds.insert(key.clone(), grant.token.0);
+        }
+        events.push(Event::Granted {
+            key: key.clone(),
+            session: w.session,
+            request_id: w.request_id,
+            grant,
+        });
     }
 }
 
