@@ -215,7 +215,7 @@ async fn random_create_acquire_steal_destroy_race() {
         .map(|i| {
             let (b, keys) = (b.clone(), keys.clone());
             tokio::spawn(async move {
-                let mut rng = XorShift(0xdead_beef ^ (i + 1) * 7919);
+                let mut rng = XorShift(0xdead_beef ^ ((i + 1) * 7919));
                 let session = open(&b).await;
                 let mut grants = Vec::new();
                 let mut held: Option<(LockKey, fencelock::FencingToken)> = None;
