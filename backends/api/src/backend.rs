@@ -142,6 +142,14 @@ pub trait Backend: Send + Sync + 'static {
         }
     }
 
+    /// True when `execute` never leaves an outcome unknown: it either
+    /// returns the result of the applied command or applied nothing
+    /// (in-process stores). The client then sends no request ids, which
+    /// spares the core's per-session request memory. Default: false.
+    fn outcomes_are_certain(&self) -> bool {
+        false
+    }
+
     /// Succeeds only while `token` is a current hold of `key` at the
     /// backend's `now` (lease and session not past, even if no tick ran yet).
     /// Linearizable: never answered from stale state.
@@ -196,6 +204,10 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
         max_wait: Duration,
     ) -> Result<HolderInfo, Error> {
         (**self).watch_hold(key, token, max_wait).await
+    }
+
+    fn outcomes_are_certain(&self) -> bool {
+        (**self).outcomes_are_certain()
     }
 
     async fn validate(&self, key: &LockKey, token: FencingToken) -> Result<HolderInfo, Error> {

@@ -235,7 +235,7 @@ impl Client {
         token: FencingToken,
     ) -> Result<HolderInfo, Error> {
         self.sessions()
-            .backend
+            .backend()
             .validate(&LockKey::new(ns, name)?, token)
             .await
     }
@@ -243,7 +243,7 @@ impl Client {
     /// Kind, lease, holders, queue, last token; `None` if it does not exist.
     pub async fn describe(&self, ns: &str, name: &str) -> Result<Option<LockInfo>, Error> {
         self.sessions()
-            .backend
+            .backend()
             .describe(&LockKey::new(ns, name)?)
             .await
     }

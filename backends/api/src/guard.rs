@@ -98,7 +98,7 @@ impl LockGuard {
     /// Asks the backend whether this hold is still current.
     pub async fn validate(&self) -> Result<(), Error> {
         self.sessions
-            .backend
+            .backend()
             .validate(&self.key, self.grant.token)
             .await
             .map(|_| ())
@@ -231,7 +231,7 @@ async fn watch_hold(
             _ = session.gone.cancelled() => {
                 break Error::Lock(LockError::SessionNotFound { session: session.id });
             }
-            r = sessions.backend.watch_hold(&key, token, WATCH_SLICE) => match r {
+            r = sessions.backend().watch_hold(&key, token, WATCH_SLICE) => match r {
                 Ok(_) => {}
                 Err(e @ Error::Lock(_)) => break e,
                 Err(e) => {

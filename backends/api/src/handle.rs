@@ -69,7 +69,7 @@ impl Target {
             mode,
             timeout_ms: timeout.map(millis),
         };
-        let rid = session.request_id();
+        let rid = self.sessions.request_id(&session);
         let mut pending = Pending {
             sessions: self.sessions.clone(),
             session: session.clone(),
@@ -131,7 +131,7 @@ impl Target {
                 None => WAIT_SLICE,
             };
             let status = tokio::select! {
-                s = self.sessions.backend.wait(key, session.id, slice) => s,
+                s = self.sessions.backend().wait(key, session.id, slice) => s,
                 _ = session.gone.cancelled() => {
                     return ended(LockError::SessionNotFound { session: session.id });
                 }
@@ -175,8 +175,9 @@ enum WaitFailure {
 /// Where an acquire is, for the clean-up when its future is dropped.
 enum PendingState {
     /// The acquire command may be in flight (outcome unknown); resolved by
-    /// sending it again with the same request id.
-    Sending(Command, RequestId),
+    /// sending it again with the same request id (without one, the backend's
+    /// outcomes are certain: not answered means not applied).
+    Sending(Command, Option<RequestId>),
     /// Queued in the backend.
     Queued,
     /// Granted (a guard owns it) or failed cleanly.
@@ -207,7 +208,7 @@ impl Drop for Pending {
             return;
         };
         let resend = match std::mem::replace(&mut self.state, PendingState::Done) {
-            PendingState::Sending(command, rid) => Some((command, rid)),
+            PendingState::Sending(command, Some(rid)) => Some((command, rid)),
             _ => None,
         };
         rt.spawn(async move {
@@ -245,7 +246,10 @@ async fn cancel_wait(sessions: &Sessions, session: &Session, key: &LockKey) {
     }
     // Not waiting: granted just before the cancel, or never queued. A held
     // lock shows up as `Granted`; release it so the queue moves on.
-    let status = sessions.backend.wait(key, session.id, Duration::ZERO).await;
+    let status = sessions
+        .backend()
+        .wait(key, session.id, Duration::ZERO)
+        .await;
     if let Ok(WaitStatus::Granted(g)) = status {
         let _ = release(sessions, session, key, g.token).await;
     }
@@ -306,14 +310,14 @@ impl LockHandle {
     pub async fn describe(&self) -> Result<Option<LockInfo>, Error> {
         self.target
             .sessions
-            .backend
+            .backend()
             .describe(&self.target.key)
             .await
     }
 
     /// Is `token` a current hold? What a guarded resource asks.
     pub async fn validate(&self, token: FencingToken) -> Result<HolderInfo, Error> {
-        let backend = &self.target.sessions.backend;
+        let backend = self.target.sessions.backend();
         backend.validate(&self.target.key, token).await
     }
 }
@@ -368,7 +372,7 @@ impl RwLockHandle {
     pub async fn describe(&self) -> Result<Option<LockInfo>, Error> {
         self.target
             .sessions
-            .backend
+            .backend()
             .describe(&self.target.key)
             .await
     }

@@ -47,13 +47,85 @@ impl Session {
 struct Pool {
     sessions: Vec<Arc<Session>>,
     /// Key → sessions holding or waiting for it through this client.
-    busy: HashMap<LockKey, Vec<SessionId>>,
+    busy: HashMap<LockKey, Busy, FastHash>,
     closed: bool,
+}
+
+/// The sessions busy with one key: almost always exactly one, so that case
+/// allocates nothing.
+enum Busy {
+    One(SessionId),
+    Many(Vec<SessionId>),
+}
+
+impl Busy {
+    fn contains(&self, s: SessionId) -> bool {
+        match self {
+            Busy::One(one) => *one == s,
+            Busy::Many(all) => all.contains(&s),
+        }
+    }
+
+    fn add(&mut self, s: SessionId) {
+        match self {
+            Busy::One(one) => *self = Busy::Many(vec![*one, s]),
+            Busy::Many(all) => all.push(s),
+        }
+    }
+
+    /// Removes `s`; true when no session is left.
+    fn remove(&mut self, s: SessionId) -> bool {
+        match self {
+            Busy::One(one) => *one == s,
+            Busy::Many(all) => {
+                all.retain(|x| *x != s);
+                all.is_empty()
+            }
+        }
+    }
+}
+
+/// A fast, unkeyed hasher (FxHash's multiply-rotate) for the pool's key
+/// map: it is on every acquire and release, holds only this client's own
+/// keys, and SipHash's flooding resistance buys nothing there.
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(c);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(K);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastHash = std::hash::BuildHasherDefault<FxHasher>;
+
+fn mark_busy(busy: &mut HashMap<LockKey, Busy, FastHash>, key: &LockKey, s: SessionId) {
+    match busy.get_mut(key) {
+        Some(b) => b.add(s),
+        None => {
+            busy.insert(key.clone(), Busy::One(s));
+        }
+    }
 }
 
 /// Sessions, keep-alive and retries: what every lock operation goes through.
 pub(crate) struct Sessions {
-    pub backend: Arc<dyn Backend>,
+    backend: Arc<dyn Backend>,
+    /// The backend never leaves an outcome unknown: no request ids needed.
+    certain: bool,
     pub ttl: Duration,
     pub retries: u32,
     pool: Mutex<Pool>,
@@ -62,11 +134,25 @@ pub(crate) struct Sessions {
 impl Sessions {
     pub fn new(backend: Arc<dyn Backend>, ttl: Duration, retries: u32) -> Self {
         Sessions {
+            certain: backend.outcomes_are_certain(),
             backend,
             ttl,
             retries,
             pool: Mutex::new(Pool::default()),
         }
+    }
+
+    /// The backend, called directly (calling through the `Arc` would box
+    /// every future twice).
+    pub fn backend(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// A request id for the next command of `session`, unless the backend
+    /// never needs one (its outcomes are never unknown, so nothing is
+    /// retried, and the core's request memory is skipped).
+    pub fn request_id(&self, session: &Session) -> Option<RequestId> {
+        (!self.certain).then(|| session.request_id())
     }
 
     fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
@@ -113,39 +199,42 @@ impl Sessions {
             let free = pool
                 .sessions
                 .iter()
-                .find(|s| busy.is_none_or(|b| !b.contains(&s.id)) && !s.gone.is_cancelled());
+                .find(|s| busy.is_none_or(|b| !b.contains(s.id)) && !s.gone.is_cancelled());
             if let Some(s) = free {
                 let s = s.clone();
-                pool.busy.entry(key.clone()).or_default().push(s.id);
+                mark_busy(&mut pool.busy, key, s.id);
                 return Ok(s);
             }
         }
         let s = self.open().await?;
-        self.pool().busy.entry(key.clone()).or_default().push(s.id);
+        mark_busy(&mut self.pool().busy, key, s.id);
         Ok(s)
     }
 
     /// Returns a borrowed session: it no longer holds or waits for `key`.
     pub fn checkin(&self, key: &LockKey, session: SessionId) {
         let mut pool = self.pool();
-        if let Some(b) = pool.busy.get_mut(key) {
-            b.retain(|s| *s != session);
-            if b.is_empty() {
-                pool.busy.remove(key);
-            }
+        if pool.busy.get_mut(key).is_some_and(|b| b.remove(session)) {
+            pool.busy.remove(key);
         }
     }
 
     /// Executes with retries: a retryable error is retried with the *same*
     /// request id, so a command applied before the error is not applied twice.
+    /// A backend whose outcomes are certain is in-process and never
+    /// unavailable: its commands are sent once.
     pub async fn retry(
         &self,
         request_id: Option<RequestId>,
         command: Command,
     ) -> Result<Response, Error> {
+        if self.certain || self.retries == 0 {
+            // Nothing to retry: no clone of the command.
+            return self.backend().execute(command, request_id).await;
+        }
         let mut attempt = 0;
         loop {
-            match self.backend.execute(command.clone(), request_id).await {
+            match self.backend().execute(command.clone(), request_id).await {
                 Err(e) if e.is_retryable() && attempt < self.retries => {
                     attempt += 1;
                     tokio::time::sleep(backoff(attempt)).await;
@@ -157,7 +246,7 @@ impl Sessions {
 
     /// Executes a command of `session` with a fresh request id and retries.
     pub async fn execute(&self, session: &Session, command: Command) -> Result<Response, Error> {
-        self.execute_as(session, session.request_id(), command)
+        self.execute_as(session, self.request_id(session), command)
             .await
     }
 
@@ -165,10 +254,10 @@ impl Sessions {
     pub async fn execute_as(
         &self,
         session: &Session,
-        request_id: RequestId,
+        request_id: Option<RequestId>,
         command: Command,
     ) -> Result<Response, Error> {
-        let r = self.retry(Some(request_id), command).await;
+        let r = self.retry(request_id, command).await;
         if let Err(Error::Lock(LockError::SessionNotFound { .. })) = &r {
             self.lost(session.id);
         }
@@ -203,7 +292,7 @@ impl Sessions {
 
     async fn close_one(&self, s: &Session) {
         let command = Command::CloseSession { session: s.id };
-        let _ = self.retry(Some(s.request_id()), command).await;
+        let _ = self.retry(self.request_id(s), command).await;
         s.gone.cancel();
     }
 
@@ -245,7 +334,7 @@ pub(crate) async fn keep_alive(sessions: Weak<Sessions>, interval: Duration) {
             let command = Command::KeepAlive { session: s.id };
             let started = tokio::time::Instant::now();
             let seen = *last_ok.entry(s.id).or_insert(started);
-            match all.backend.execute(command, Some(s.request_id())).await {
+            match all.backend().execute(command, all.request_id(&s)).await {
                 Ok(_) => {
                     last_ok.insert(s.id, started);
                 }

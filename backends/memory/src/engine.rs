@@ -274,6 +274,9 @@ impl Inner {
     }
 
     fn slot_mut(&mut self, session: SessionId, key: &LockKey) -> Option<&mut Slot> {
+        if self.waits.is_empty() {
+            return None;
+        }
         self.waits.get_mut(&session)?.get_mut(key)
     }
 
@@ -311,6 +314,9 @@ impl Inner {
     }
 
     fn hold_ended(&mut self, key: LockKey, token: FencingToken, wake: &mut Wake) {
+        if self.hold_watchers.is_empty() {
+            return;
+        }
         if let Some(list) = self.hold_watchers.remove(&(key, token)) {
             wake.wakers.extend(list.into_iter().map(|(_, w)| w));
         }
