@@ -12,9 +12,14 @@ fi
 if [ -z "${FENCELOCK_PG_URL:-}" ] && [ ! -x /usr/lib/postgresql/15/bin/initdb ]; then
   if command -v apt-get >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq && apt-get install -y -qq postgresql-15 >/dev/null
+    apt-get update -qq && apt-get install -y -qq postgresql-15 pgbouncer >/dev/null
   else
     echo "PostgreSQL 15 server binaries are required (or set FENCELOCK_PG_URL)"; exit 1
   fi
+fi
+# pgbouncer (transaction pooling): the Postgres backend is tested through it.
+if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ] && command -v apt-get >/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null \
+    || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }
 fi
 echo "setup done"

@@ -36,6 +36,7 @@ struct Inner {
     alarm: Arc<Alarm>,
     shutdown: watch::Sender<bool>,
     recheck: Duration,
+    keep: sweep::Retention,
     schema: String,
 }
 
@@ -102,6 +103,10 @@ impl PgBackend {
         let (hub, _) = broadcast::channel(1024);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let alarm = Alarm::new();
+        let keep = sweep::Retention {
+            session_grace: config.session_grace,
+            tombstone_ttl: config.tombstone_ttl,
+        };
         tokio::spawn(listen(
             listen_url,
             store.sql.channel.clone(),
@@ -114,7 +119,7 @@ impl PgBackend {
                 hub.clone(),
                 alarm.clone(),
                 config.sweep_interval,
-                config.session_grace,
+                keep,
                 shutdown_rx,
             ));
         }
@@ -125,6 +130,7 @@ impl PgBackend {
                 alarm,
                 shutdown,
                 recheck: config.recheck_interval,
+                keep,
                 schema: config.schema,
             }),
         })
@@ -138,6 +144,13 @@ impl PgBackend {
     /// Runs one sweep now (what `Command::Tick` does); returns keys ticked.
     pub async fn sweep(&self) -> Result<usize, Error> {
         sweep::sweep(&self.inner.store, &self.inner.hub).await
+    }
+
+    /// Deletes expired sessions no lock refers to (after `session_grace`) and
+    /// tombstones older than `tombstone_ttl`, now; the sweeper does this every
+    /// few seconds anyway. Returns (sessions, tombstones) deleted.
+    pub async fn purge(&self) -> Result<(u64, u64), Error> {
+        sweep::purge(&self.inner.store, self.inner.keep).await
     }
 
     async fn keyed(

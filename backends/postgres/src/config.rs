@@ -34,6 +34,10 @@ pub struct PgConfig {
     /// Expired session rows are deleted this long after their expiry (once no
     /// lock refers to them).
     pub session_grace: Duration,
+    /// Destroyed keys keep a tombstone row this long, so a waiter that asks
+    /// late still learns its wait ended with `Destroyed`; then the row is
+    /// deleted and the token floor raised above its last token.
+    pub tombstone_ttl: Duration,
     /// Whether this process runs a sweeper. At least one live process per
     /// database should; every process by default.
     pub run_sweeper: bool,
@@ -52,6 +56,7 @@ impl PgConfig {
             recheck_interval: Duration::from_millis(250),
             sweep_interval: Duration::from_millis(250),
             session_grace: Duration::from_secs(60),
+            tombstone_ttl: Duration::from_secs(600),
             run_sweeper: true,
         }
     }

@@ -108,10 +108,11 @@ impl Sql {
                  (SELECT min(expires_at) FROM {s}.sessions)"
             ),
             purge_sessions: format!(
-                "DELETE FROM {s}.sessions s WHERE s.id IN (\
+                "WITH gone AS (DELETE FROM {s}.sessions s WHERE s.id IN (\
                      SELECT id FROM {s}.sessions WHERE expires_at <= {NOW_MS} - $1 \
                      ORDER BY expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED) \
-                 AND NOT EXISTS (SELECT 1 FROM {s}.locks l WHERE l.active @> ARRAY[s.id])"
+                 AND NOT EXISTS (SELECT 1 FROM {s}.locks l WHERE l.active @> ARRAY[s.id]) \
+                 RETURNING 1) SELECT count(*) FROM gone"
             ),
             purge_tombstones: format!(
                 "WITH gone AS (\
@@ -120,8 +121,9 @@ impl Sql {
                          WHERE NOT live AND updated_at <= {NOW_MS} - $1 \
                          LIMIT 1000 FOR UPDATE SKIP LOCKED) \
                      AND NOT live RETURNING last_token) \
-                 UPDATE {s}.meta SET token_floor = GREATEST(token_floor, \
-                     (SELECT coalesce(max(last_token), 0) FROM gone))"
+                 , floor AS (UPDATE {s}.meta SET token_floor = GREATEST(token_floor, \
+                     (SELECT coalesce(max(last_token), 0) FROM gone))) \
+                 SELECT count(*) FROM gone"
             ),
             session_row: format!(
                 "SELECT {NOW_MS}, ttl_ms, expires_at FROM {s}.sessions WHERE id = $1"

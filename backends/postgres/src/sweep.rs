@@ -29,8 +29,6 @@ use tokio_postgres::types::Type;
 const BATCH: i64 = 32;
 /// How often expired sessions and tombstones are purged.
 const PURGE_EVERY: Duration = Duration::from_secs(10);
-/// Tombstones (destroyed keys) are kept this long for late waiters.
-const TOMBSTONE_TTL_MS: i64 = 10 * 60 * 1000;
 
 /// Ticks every due key (both kinds), batch after batch. Returns how many
 /// keys were ticked.
@@ -53,24 +51,38 @@ pub(crate) async fn sweep(store: &Store, hub: &broadcast::Sender<Wake>) -> Resul
     Ok(total)
 }
 
-/// Deletes expired session rows nobody refers to and old tombstones.
-async fn purge(store: &Store, session_grace: Duration) -> Result<(), Error> {
-    let grace = i64::try_from(session_grace.as_millis()).unwrap_or(i64::MAX);
+/// How long expired rows are kept before [`purge`] deletes them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Retention {
+    pub session_grace: Duration,
+    pub tombstone_ttl: Duration,
+}
+
+/// Deletes expired session rows nobody refers to and old tombstones
+/// (raising the token floor above their tokens in the same statement).
+/// Returns how many sessions and tombstones went.
+pub(crate) async fn purge(store: &Store, keep: Retention) -> Result<(u64, u64), Error> {
+    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+    let (grace, tombstones) = (ms(keep.session_grace), ms(keep.tombstone_ttl));
     let client = store.client().await?;
-    tokio::try_join!(
-        crate::pg::execute(
+    let (sessions, tombs) = tokio::try_join!(
+        crate::pg::query(
             &client,
             &store.sql.purge_sessions,
             vec![(&grace, Type::INT8)]
         ),
-        crate::pg::execute(
+        crate::pg::query(
             &client,
             &store.sql.purge_tombstones,
-            vec![(&TOMBSTONE_TTL_MS, Type::INT8)]
+            vec![(&tombstones, Type::INT8)]
         ),
     )
     .map_err(crate::error::db_error)?;
-    Ok(())
+    let count = |rows: &[tokio_postgres::Row]| {
+        rows.first()
+            .map_or(0, |r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0))
+    };
+    Ok((count(&sessions), count(&tombs)))
 }
 
 /// How long until the next known deadline (capped by `interval`).
@@ -127,7 +139,7 @@ pub(crate) async fn run(
     hub: broadcast::Sender<Wake>,
     alarm: Arc<Alarm>,
     interval: Duration,
-    session_grace: Duration,
+    keep: Retention,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last_purge = Instant::now();
@@ -141,7 +153,7 @@ pub(crate) async fn run(
         }
         if last_purge.elapsed() >= PURGE_EVERY {
             last_purge = Instant::now();
-            if let Err(e) = purge(&store, session_grace).await {
+            if let Err(e) = purge(&store, keep).await {
                 tracing::debug!("fencelock purge: {e}");
             }
         }

@@ -294,3 +294,114 @@ fn spawn_watchdog(cluster: &TempCluster) {
         .stderr(Stdio::null())
         .spawn();
 }
+
+/// A throwaway pgbouncer in **transaction** pooling mode in front of a
+/// server: every transaction may run on a different server connection, so
+/// anything that keeps state in a Postgres session breaks through it.
+/// Stopped on drop.
+#[derive(Debug)]
+pub struct TempBouncer {
+    dir: PathBuf,
+    port: u16,
+    child: std::process::Child,
+}
+
+impl TempBouncer {
+    /// Starts pgbouncer (from `PATH` or `/usr/sbin`) for the server at
+    /// `127.0.0.1:upstream_port`, with `server_connections` server connections.
+    pub fn start(upstream_port: u16, server_connections: u32) -> io::Result<TempBouncer> {
+        let program = ["/usr/sbin/pgbouncer", "/usr/bin/pgbouncer"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "pgbouncer is not installed; run scripts/setup.sh",
+                )
+            })?;
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "fencelock-pgb-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port()?;
+        std::fs::write(dir.join("users.txt"), "\"postgres\" \"\"\n")?;
+        let ini = format!(
+            "[databases]\n\
+             postgres = host=127.0.0.1 port={upstream_port} dbname=postgres user=postgres\n\
+             [pgbouncer]\n\
+             listen_addr = 127.0.0.1\n\
+             listen_port = {port}\n\
+             unix_socket_dir =\n\
+             auth_type = trust\n\
+             auth_file = {users}\n\
+             pool_mode = transaction\n\
+             default_pool_size = {server_connections}\n\
+             max_client_conn = 200\n\
+             ignore_startup_parameters = extra_float_digits,application_name\n\
+             logfile = {log}\n",
+            users = dir.join("users.txt").display(),
+            log = dir.join("pgbouncer.log").display(),
+        );
+        let ini_path = dir.join("pgbouncer.ini");
+        std::fs::write(&ini_path, ini)?;
+        let as_postgres_user = running_as_root();
+        if as_postgres_user {
+            run(Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir))?;
+        }
+        let mut cmd = Command::new(program);
+        if as_postgres_user {
+            // pgbouncer refuses to run as root; it switches user itself.
+            cmd.args(["-u", "postgres"]);
+        }
+        let child = cmd
+            .arg(&ini_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let bouncer = TempBouncer { dir, port, child };
+        // If this process dies without dropping it, stop it anyway.
+        let script = format!(
+            "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill {it} 2>/dev/null; rm -rf '{dir}'",
+            me = std::process::id(),
+            it = bouncer.child.id(),
+            dir = bouncer.dir.display(),
+        );
+        let _ = Command::new("setsid")
+            .args(["sh", "-c", &script])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        // Ready when it accepts connections.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(bouncer);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let log = std::fs::read_to_string(bouncer.dir.join("pgbouncer.log")).unwrap_or_default();
+        Err(io::Error::other(format!("pgbouncer did not start:\n{log}")))
+    }
+
+    /// A URL that reaches the server through pgbouncer.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?connect_timeout=5",
+            self.port
+        )
+    }
+}
+
+impl Drop for TempBouncer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
