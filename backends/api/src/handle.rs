@@ -74,14 +74,17 @@ impl Target {
             sessions: self.sessions.clone(),
             session: session.clone(),
             key: self.key.clone(),
-            state: PendingState::Sending(command.clone(), rid),
+            // Without a request id there is nothing to resend (see below).
+            state: PendingState::Sending(rid.map(|rid| (command.clone(), rid))),
         };
-        let started = tokio::time::Instant::now();
         let grant = match self.sessions.execute_as(&session, rid, command).await {
             Ok(Response::Granted(grant)) => grant,
             Ok(Response::Queued { .. }) => {
                 pending.state = PendingState::Queued;
-                match self.wait(&session, timeout.map(|t| started + t)).await {
+                // Measured from here, not from the send: a little later,
+                // and only the fallback for a backend that stops answering.
+                let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+                match self.wait(&session, deadline).await {
                     Ok(grant) => grant,
                     Err(WaitFailure::Ended(e)) => {
                         pending.state = PendingState::Done;
@@ -177,7 +180,7 @@ enum PendingState {
     /// The acquire command may be in flight (outcome unknown); resolved by
     /// sending it again with the same request id (without one, the backend's
     /// outcomes are certain: not answered means not applied).
-    Sending(Command, Option<RequestId>),
+    Sending(Option<(Command, RequestId)>),
     /// Queued in the backend.
     Queued,
     /// Granted (a guard owns it) or failed cleanly.
@@ -208,7 +211,7 @@ impl Drop for Pending {
             return;
         };
         let resend = match std::mem::replace(&mut self.state, PendingState::Done) {
-            PendingState::Sending(command, Some(rid)) => Some((command, rid)),
+            PendingState::Sending(resend) => resend,
             _ => None,
         };
         rt.spawn(async move {
