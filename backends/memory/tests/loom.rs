@@ -114,7 +114,12 @@ fn release_wakes_the_queued_waiter() {
 fn a_planted_lost_wakeup_is_caught() {
     let exe = std::env::current_exe().unwrap();
     let out = std::process::Command::new(exe)
-        .args(["--exact", "planted_lost_wakeup_model", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "planted_lost_wakeup_model",
+            "--ignored",
+            "--nocapture",
+        ])
         .env("RUST_BACKTRACE", "0")
         .output()
         .unwrap();
