@@ -277,12 +277,28 @@ impl LockNode {
         session: SessionId,
         max_wait_ms: u64,
     ) -> Result<WaitState, ClientReply> {
-        self.linearizable().await?;
+        // `Granted`, `Ended` and `Waiting` are safe to answer from this
+        // leader's applied state without a read-index round: a grant or end is
+        // a committed fact, and `Waiting` only makes the client ask again. A
+        // negative answer (not waiting, session gone) might only mean that this
+        // new leader has not applied the entry that queued the wait yet, so it
+        // is given only after a linearizable barrier.
+        self.ready().await?;
         let give_up = Instant::now() + Duration::from_millis(max_wait_ms).min(MAX_POLL);
         let mut progress = self.inner.shared.subscribe();
+        let mut confirmed = false;
         loop {
             progress.borrow_and_update();
             let state = self.inner.shared.replica().wait_state(session, &key);
+            let negative = matches!(
+                state,
+                WaitState::NotWaiting | WaitState::Ended(fencelock_core::WaitEnd::SessionEnded)
+            );
+            if negative && !confirmed {
+                self.linearizable().await?;
+                confirmed = true;
+                continue;
+            }
             if state != WaitState::Waiting {
                 return Ok(state);
             }
