@@ -62,7 +62,7 @@ proptest! {
     #[test]
     fn same_commands_on_two_fresh_tables_give_equal_results_events_and_bytes(case in case(60)) {
         let (mut a, mut b) = (Table::new(case.limits.clone()), Table::new(case.limits.clone()));
-        let (mut da, mut db) = (Driver::default(), Driver::default());
+        let (mut da, mut db) = (Driver::new(&case), Driver::new(&case));
         run_in_lockstep(&case, 0..case.steps.len(), (&mut a, &mut da), (&mut b, &mut db))?;
     }
 
@@ -72,7 +72,7 @@ proptest! {
         split in any::<prop::sample::Index>(),
     ) {
         let mut original = Table::new(case.limits.clone());
-        let mut driver = Driver::default();
+        let mut driver = Driver::new(&case);
         let at = split.index(case.steps.len() + 1);
         for step in &case.steps[..at] {
             let action = driver.next(step, &original);
@@ -109,7 +109,7 @@ proptest! {
         edits in prop::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0..3u8), 1..4),
     ) {
         let mut table = Table::new(case.limits.clone());
-        let mut driver = Driver::default();
+        let mut driver = Driver::new(&case);
         for step in &case.steps {
             let action = driver.next(step, &table);
             perform(&mut table, &action, &mut Vec::new());

@@ -104,7 +104,7 @@ fn generated_cases_reach_every_outcome() {
     for _ in 0..256 {
         let case = case(60).new_tree(&mut runner).unwrap().current();
         let mut table = Table::new(case.limits.clone());
-        let mut driver = Driver::default();
+        let mut driver = Driver::new(&case);
         for step in &case.steps {
             let Action::Apply { now, rid, cmd } = driver.next(step, &table) else {
                 continue;

@@ -576,6 +576,34 @@ fn cancel_wait_leaves_queue_and_wakes_compatible_waiters() {
 }
 
 #[test]
+fn head_waiter_timing_out_wakes_compatible_waiters() {
+    let mut w = World::new();
+    let k = key("rw");
+    let (r1, wr, r2, r3) = (
+        w.open(0, 10_000),
+        w.open(0, 10_000),
+        w.open(0, 10_000),
+        w.open(0, 10_000),
+    );
+    w.grant(1, &k, r1, Mode::Read);
+    w.queue(2, &k, wr, Mode::Write, Some(100), 1);
+    w.queue(3, &k, r2, Mode::Read, None, 2);
+    w.queue(4, &k, r3, Mode::Read, Some(500), 3);
+    // The writer's deadline passes: the readers behind it join the reading
+    // holder at that instant (no lost wake-up).
+    w.tick(150);
+    assert_eq!(
+        w.events,
+        vec![
+            wait_ended(&k, wr, WaitEnd::TimedOut),
+            granted(&k, r2, None, grant_at(2, Mode::Read, 102, None)),
+            granted(&k, r3, None, grant_at(3, Mode::Read, 102, None)),
+        ]
+    );
+    assert_eq!(w.holders(&k), vec![r1, r2, r3]);
+}
+
+#[test]
 fn consecutive_readers_at_head_are_granted_together() {
     let mut w = World::new();
     let k = key("rw");

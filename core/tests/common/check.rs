@@ -34,7 +34,7 @@ fn same<T: PartialEq + std::fmt::Debug>(what: &str, core: T, model: T) -> Result
 pub fn run_case(case: &Case, bug: Option<Bug>) -> Result<(), String> {
     let mut table = Table::new(case.limits.clone());
     let mut model = Model::new(case.limits.clone(), bug);
-    let mut driver = Driver::default();
+    let mut driver = Driver::new(case);
     for (i, step) in case.steps.iter().enumerate() {
         let action = driver.next(step, &table);
         compare_step(&mut table, &mut model, &action)

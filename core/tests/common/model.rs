@@ -30,14 +30,18 @@ pub enum Bug {
     /// At one instant, leases end before waits (so a waiter can be granted at
     /// its own deadline), against the documented order.
     LeasesEndBeforeWaitsAtOneInstant,
+    /// A head waiter cancels, and the compatible waiters behind it are not
+    /// woken (a lost wake-up).
+    CancelForgetsToGrant,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::ReaderOvertakesQueuedWriter,
         Bug::ReusesFencingToken,
         Bug::ForgetsToGrantAfterLeaseExpiry,
         Bug::LeasesEndBeforeWaitsAtOneInstant,
+        Bug::CancelForgetsToGrant,
     ];
 }
 
@@ -370,7 +374,9 @@ impl Model {
                     return Ok(Response::WaitCancelled { was_waiting: false });
                 };
                 lock.queue.remove(i);
-                self.grant_waiters(&key, ev);
+                if self.bug != Some(Bug::CancelForgetsToGrant) {
+                    self.grant_waiters(&key, ev);
+                }
                 Ok(Response::WaitCancelled { was_waiting: true })
             }
             Command::Release {

@@ -69,9 +69,12 @@ pub enum Op {
         mode: u8,
         timeout: Wait,
     },
+    /// `queued`: cancel the wait of one of the key's waiters (often the
+    /// head), not just of a random session.
     Cancel {
         k: u8,
         s: u8,
+        queued: bool,
     },
     Release {
         k: u8,
@@ -134,6 +137,8 @@ pub struct Step {
 #[derive(Debug, Clone)]
 pub struct Case {
     pub limits: Limits,
+    /// Every step goes to the read/write key: dense reader/writer queues.
+    pub focus: bool,
     pub steps: Vec<Step>,
 }
 
@@ -183,7 +188,8 @@ fn lock_ttl() -> impl Strategy<Value = Option<u64>> {
 
 fn timeout() -> impl Strategy<Value = Wait> {
     prop_oneof![
-        3 => Just(Wait::Timeout(None)),
+        6 => Just(Wait::Timeout(None)),
+        2 => (1_000..=MAX_TTL).prop_map(|t| Wait::Timeout(Some(t))),
         2 => Just(Wait::Timeout(Some(0u64))),
         2 => (1..600u64).prop_map(|t| Wait::Timeout(Some(t))),
         2 => round().prop_map(|t| Wait::Timeout(Some(t))),
@@ -224,9 +230,9 @@ fn op() -> impl Strategy<Value = Op> {
         1 => s().prop_map(|s| Op::Close { s }),
         3 => (k(), prop_oneof![Just(LockKind::Exclusive), Just(LockKind::ReadWrite)], lock_ttl())
             .prop_map(|(k, kind, ttl)| Op::Create { k, kind, ttl }),
-        20 => (k(), s(), any::<u8>(), timeout())
+        30 => (k(), s(), any::<u8>(), timeout())
             .prop_map(|(k, s, mode, timeout)| Op::Acquire { k, s, mode, timeout }),
-        2 => (k(), s()).prop_map(|(k, s)| Op::Cancel { k, s }),
+        5 => (k(), s(), any::<bool>()).prop_map(|(k, s, queued)| Op::Cancel { k, s, queued }),
         4 => (k(), who(), tok()).prop_map(|(k, who, tok)| Op::Release { k, who, tok }),
         2 => (k(), who(), tok()).prop_map(|(k, who, tok)| Op::Extend { k, who, tok }),
         2 => (k(), s()).prop_map(|(k, s)| Op::Steal { k, s }),
@@ -291,14 +297,19 @@ pub fn case(max_steps: usize) -> impl Strategy<Value = Case> {
     });
     (
         limits(),
-        prop::collection::vec(open, 1..=5),
+        prop::bool::weighted(0.3),
+        prop::collection::vec(open, 2..=6),
         prop::collection::vec(create, 0..=3),
         prop::collection::vec(step(), 1..=max_steps),
     )
-        .prop_map(|(limits, mut steps, creates, rest)| {
+        .prop_map(|(limits, focus, mut steps, creates, rest)| {
             steps.extend(creates);
             steps.extend(rest);
-            Case { limits, steps }
+            Case {
+                limits,
+                focus,
+                steps,
+            }
         })
 }
 
@@ -316,6 +327,7 @@ fn mode_for(k: usize, raw: u8) -> Mode {
 /// Turns abstract steps into concrete actions against a table.
 #[derive(Debug, Default, Clone)]
 pub struct Driver {
+    focus: bool,
     clock: u64,
     last_rid: u64,
     steps: u64,
@@ -339,6 +351,13 @@ fn pick_session(table: &Table, steps: u64, raw: u8) -> SessionId {
 }
 
 impl Driver {
+    pub fn new(case: &Case) -> Self {
+        Driver {
+            focus: case.focus,
+            ..Driver::default()
+        }
+    }
+
     /// The concrete action for `step`, given the table's current state.
     pub fn next(&mut self, step: &Step, table: &Table) -> Action {
         let now = match step.jump {
@@ -349,7 +368,9 @@ impl Driver {
             Jump::Back(dt) => self.clock.saturating_sub(dt),
         };
         let keys = keys();
-        let key = |k: u8| keys[k as usize % keys.len()].clone();
+        let focus = self.focus;
+        let slot = |k: u8| if focus { 1 } else { k as usize % keys.len() };
+        let key = |k: u8| keys[slot(k)].clone();
         self.steps += 1;
         let steps = self.steps;
         let sid = |s: u8| pick_session(table, steps, s);
@@ -367,7 +388,7 @@ impl Driver {
             Op::Close { s } => Command::CloseSession { session: sid(*s) },
             Op::Create { k, kind, ttl } => Command::CreateLock {
                 key: key(*k),
-                kind: *kind,
+                kind: if focus { LockKind::ReadWrite } else { *kind },
                 ttl_ms: *ttl,
             },
             Op::Acquire {
@@ -378,7 +399,7 @@ impl Driver {
             } => Command::Acquire {
                 key: key(*k),
                 session: sid(*s),
-                mode: mode_for(*k as usize % 3, *mode),
+                mode: mode_for(slot(*k), *mode),
                 timeout_ms: match timeout {
                     Wait::Timeout(t) => *t,
                     Wait::AsLongAsTheLease => {
@@ -387,10 +408,20 @@ impl Driver {
                     }
                 },
             },
-            Op::Cancel { k, s } => Command::CancelWait {
-                key: key(*k),
-                session: sid(*s),
-            },
+            Op::Cancel { k, s, queued } => {
+                let waiters = table.describe(&key(*k)).map(|info| info.waiters);
+                let session = match waiters {
+                    // Half of the time the head: its leaving must wake the next.
+                    Some(w) if *queued && !w.is_empty() => {
+                        w[if s % 2 == 0 { 0 } else { *s as usize % w.len() }].session
+                    }
+                    _ => sid(*s),
+                };
+                Command::CancelWait {
+                    key: key(*k),
+                    session,
+                }
+            }
             Op::Release { k, who, tok } | Op::Extend { k, who, tok } => {
                 let key = key(*k);
                 let token = pick_token(table, &key, tok);
