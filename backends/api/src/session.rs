@@ -277,6 +277,30 @@ impl Sessions {
         self.pool().sessions.clone()
     }
 
+    /// Takes out of the pool the extra sessions (all but the first) that
+    /// hold and wait for nothing now, so a burst of contention does not
+    /// leave sessions to keep alive forever. Under the pool lock, so no
+    /// acquire can pick one of them meanwhile.
+    fn take_idle_extras(&self) -> Vec<Arc<Session>> {
+        let mut pool = self.pool();
+        let pool = &mut *pool;
+        if pool.sessions.len() <= 1 {
+            return Vec::new();
+        }
+        let busy = &pool.busy;
+        let is_busy = |id: SessionId| busy.values().any(|b| b.contains(id));
+        let mut idle = Vec::new();
+        let mut i = 1;
+        while i < pool.sessions.len() {
+            if is_busy(pool.sessions[i].id) {
+                i += 1;
+            } else {
+                idle.push(pool.sessions.swap_remove(i));
+            }
+        }
+        idle
+    }
+
     /// Closes every session; later operations answer `Closed`.
     pub async fn close(&self) {
         let sessions = {
@@ -317,7 +341,7 @@ pub(crate) fn unexpected(what: &str, r: &Response) -> Error {
 }
 
 /// Keeps every session of the pool alive: a keep-alive per session every
-/// `interval`. A session the backend no longer knows, or one that could not
+/// `interval`; extra sessions found idle are closed instead. A session the backend no longer knows, or one that could not
 /// be kept alive for a whole TTL (the backend may have expired it), is
 /// marked gone. Ends when the client is dropped or closed.
 pub(crate) async fn keep_alive(sessions: Weak<Sessions>, interval: Duration) {
@@ -329,6 +353,9 @@ pub(crate) async fn keep_alive(sessions: Weak<Sessions>, interval: Duration) {
         };
         if all.is_closed() {
             return;
+        }
+        for s in all.take_idle_extras() {
+            all.close_one(&s).await;
         }
         for s in all.snapshot() {
             let command = Command::KeepAlive { session: s.id };

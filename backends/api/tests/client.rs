@@ -378,3 +378,38 @@ async fn bad_names_and_options_name_the_field() {
         .unwrap();
     assert!(e.to_string().contains("session_ttl"), "{e}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn extra_sessions_are_closed_when_idle() {
+    let b = MemoryBackend::new();
+    let c = client(&b).await;
+    let lock = c.lock("ns", "burst").unwrap();
+    let first = lock.acquire().await.unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        let l = lock.clone();
+        waiters.push(tokio::spawn(async move {
+            l.acquire().await.unwrap().release().await
+        }));
+    }
+    settle().await;
+    first.release().await.unwrap();
+    for w in waiters {
+        w.await.unwrap().unwrap();
+    }
+    // Four sessions were needed at once; after a keep-alive round only the
+    // first is left (the others are closed, not kept alive forever).
+    tokio::time::sleep(ms(250)).await;
+    let mut open = 0;
+    for id in 1..=4 {
+        if b.describe_session(fencelock::SessionId(id))
+            .await
+            .unwrap()
+            .is_some()
+        {
+            open += 1;
+        }
+    }
+    assert_eq!(open, 1);
+    assert!(lock.try_acquire().await.is_ok());
+}

@@ -17,7 +17,7 @@ async fn whole_suite_on_paused_clock() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn whole_suite_on_real_clock() {
-    let config = Config::with_unit(Duration::from_millis(20));
+    let config = Config::with_unit(Duration::from_millis(50));
     let report = run_all(&config, |limits| async move {
         Ok(MemoryBackend::with_limits(limits))
     })
