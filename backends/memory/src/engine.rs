@@ -293,6 +293,9 @@ impl Inner {
 
     /// Turns the core's events into recorded outcomes and wake-ups.
     fn dispatch(&mut self, events: &mut Vec<Event>, wake: &mut Wake) {
+        if events.is_empty() {
+            return;
+        }
         for event in events.drain(..) {
             match event {
                 Event::Granted {
