@@ -16,6 +16,7 @@
 //!   `live`/`last_token`/`updated_at` for tombstones.
 
 use crate::error::db_error;
+use crate::sql::NOW_MS;
 use fencelock::Error;
 use tokio_postgres::Client;
 
@@ -24,6 +25,19 @@ pub const SCHEMA_VERSION: i32 = 1;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
 fn migrations(s: &str) -> Vec<String> {
+    let now = NOW_MS;
+    let channel = crate::sql::channel(s);
+    let sessions_of = |col: &str| {
+        format!(
+            "ARRAY(SELECT x.{col} FROM {s}.sessions x \
+             WHERE x.id = ANY(coalesce(l.known, '{{}}') || p_extra) ORDER BY x.id)"
+        )
+    };
+    let (ids, ttls, expiries) = (
+        sessions_of("id"),
+        sessions_of("ttl_ms"),
+        sessions_of("expires_at"),
+    );
     vec![format!(
         "CREATE TABLE {s}.meta (
              id smallint PRIMARY KEY CHECK (id = 1),
@@ -48,7 +62,63 @@ fn migrations(s: &str) -> Vec<String> {
              PRIMARY KEY (namespace, name));
          CREATE INDEX locks_deadline ON {s}.locks (deadline) WHERE deadline IS NOT NULL;
          CREATE INDEX locks_active ON {s}.locks USING gin (active) WITH (fastupdate = off);
-         CREATE INDEX locks_tombstones ON {s}.locks (updated_at) WHERE NOT live;"
+         CREATE INDEX locks_tombstones ON {s}.locks (updated_at) WHERE NOT live;
+
+         -- Round trip 1 of a command, in one call: the session share lock
+         -- (p_share), the row lock (p_lock), then in one fresh snapshot the
+         -- clock, the token floor, the record, the rows of every session it
+         -- mentions plus p_extra, and how many other keys p_count_for holds
+         -- or waits for. A function, so its plans are cached server-side
+         -- without any client-visible session state (pgbouncer-safe).
+         CREATE FUNCTION {s}.load_key(p_ns text, p_name text, p_extra bigint[],
+                                      p_share bigint, p_lock boolean, p_count_for bigint)
+         RETURNS TABLE (now bigint, token_floor bigint, record bytea, sid bigint[],
+                        sttl bigint[], sexp bigint[], others bigint)
+         LANGUAGE plpgsql VOLATILE AS $fn$
+         BEGIN
+             IF p_share IS NOT NULL THEN
+                 PERFORM 1 FROM {s}.sessions WHERE id = p_share FOR KEY SHARE;
+             END IF;
+             IF p_lock THEN
+                 PERFORM 1 FROM {s}.locks WHERE namespace = p_ns AND name = p_name FOR UPDATE;
+             END IF;
+             RETURN QUERY
+             SELECT {now}, (SELECT m.token_floor FROM {s}.meta m), l.record,
+                    {ids}, {ttls}, {expiries},
+                    CASE WHEN p_count_for IS NULL THEN 0::bigint ELSE (
+                        SELECT count(*) FROM {s}.locks o WHERE o.active @> ARRAY[p_count_for]
+                        AND NOT (o.namespace = p_ns AND o.name = p_name)) END
+             FROM (VALUES (1)) AS one (x)
+             LEFT JOIN {s}.locks l ON l.namespace = p_ns AND l.name = p_name;
+         END $fn$;
+
+         -- Round trip 2: write the row back (insert for a new key: 0 rows
+         -- means another transaction created it first) and notify.
+         CREATE FUNCTION {s}.store_key(p_ns text, p_name text, p_insert boolean, p_record bytea,
+                                       p_live boolean, p_active bigint[], p_known bigint[],
+                                       p_deadline bigint, p_last_token bigint, p_updated_at bigint,
+                                       p_notify text)
+         RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$
+         DECLARE n bigint;
+         BEGIN
+             IF p_insert THEN
+                 INSERT INTO {s}.locks (namespace, name, record, live, active, known,
+                                        deadline, last_token, updated_at)
+                 VALUES (p_ns, p_name, p_record, p_live, p_active, p_known,
+                         p_deadline, p_last_token, p_updated_at)
+                 ON CONFLICT DO NOTHING;
+             ELSE
+                 UPDATE {s}.locks SET record = p_record, live = p_live, active = p_active,
+                        known = p_known, deadline = p_deadline, last_token = p_last_token,
+                        updated_at = p_updated_at
+                 WHERE namespace = p_ns AND name = p_name;
+             END IF;
+             GET DIAGNOSTICS n = ROW_COUNT;
+             IF p_notify IS NOT NULL THEN
+                 PERFORM pg_notify('{channel}', p_notify);
+             END IF;
+             RETURN n;
+         END $fn$;"
     )]
 }
 

@@ -9,14 +9,15 @@
 /// time when the statement runs, not when the transaction began.
 pub(crate) const NOW_MS: &str = "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
+/// The NOTIFY channel of a schema.
+pub(crate) fn channel(schema: &str) -> String {
+    format!("fencelock_{schema}")
+}
+
 pub(crate) struct Sql {
-    pub lock_row: String,
-    pub share_session: String,
     pub load: String,
-    pub update: String,
-    pub insert: String,
+    pub store: String,
     pub notify: String,
-    pub count_active: String,
     pub open_session: String,
     pub keep_alive: String,
     pub lock_session: String,
@@ -34,44 +35,11 @@ pub(crate) struct Sql {
 
 impl Sql {
     pub fn new(s: &str) -> Sql {
-        let sessions_of = |known: &str, col: &str| {
-            format!(
-                "ARRAY(SELECT x.{col} FROM {s}.sessions x \
-                 WHERE x.id = ANY(coalesce({known}, '{{}}') || $3::bigint[]) ORDER BY x.id)"
-            )
-        };
-        let session_arrays = format!(
-            "{}, {}, {}",
-            sessions_of("l.known", "id"),
-            sessions_of("l.known", "ttl_ms"),
-            sessions_of("l.known", "expires_at")
-        );
         Sql {
-            lock_row: format!(
-                "SELECT 1 FROM {s}.locks WHERE namespace = $1 AND name = $2 FOR UPDATE"
-            ),
-            share_session: format!("SELECT 1 FROM {s}.sessions WHERE id = $1 FOR KEY SHARE"),
-            // One statement, one snapshot: the clock, the floor, the record,
-            // and the rows of every session it mentions plus $3.
-            load: format!(
-                "SELECT {NOW_MS}, m.token_floor, l.record, {session_arrays} \
-                 FROM {s}.meta m LEFT JOIN {s}.locks l ON l.namespace = $1 AND l.name = $2"
-            ),
-            update: format!(
-                "UPDATE {s}.locks SET record = $3, live = $4, active = $5, known = $6, \
-                 deadline = $7, last_token = $8, updated_at = $9 \
-                 WHERE namespace = $1 AND name = $2"
-            ),
-            insert: format!(
-                "INSERT INTO {s}.locks \
-                 (namespace, name, record, live, active, known, deadline, last_token, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING"
-            ),
+            // See the functions in `schema.rs`.
+            load: format!("SELECT * FROM {s}.load_key($1, $2, $3, $4, $5, $6)"),
+            store: format!("SELECT {s}.store_key($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
             notify: "SELECT pg_notify($1, $2)".into(),
-            count_active: format!(
-                "SELECT count(*) FROM {s}.locks WHERE active @> ARRAY[$1::bigint] \
-                 AND NOT (namespace = $2 AND name = $3)"
-            ),
             open_session: format!(
                 "WITH c AS (SELECT {NOW_MS} AS now), \
                  live AS (SELECT count(*) AS n FROM (SELECT 1 FROM {s}.sessions, c \
@@ -132,7 +100,7 @@ impl Sql {
                 "SELECT namespace, name FROM {s}.locks WHERE active @> ARRAY[$1::bigint] \
                  ORDER BY namespace, name"
             ),
-            channel: format!("fencelock_{s}"),
+            channel: channel(s),
         }
     }
 }

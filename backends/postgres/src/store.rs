@@ -152,15 +152,21 @@ impl Store {
     /// Reads one key outside any transaction (one round trip, one snapshot).
     pub async fn read(&self, key: &LockKey, extra: &[SessionId]) -> Result<Loaded, Error> {
         let client = self.client().await?;
-        let row = self.load(&client, key, extra).await.map_err(db_error)?;
+        let row = self
+            .load(&client, key, extra, LoadHow::READ)
+            .await
+            .map_err(db_error)?;
         self.decode_load(key, row.as_ref())
     }
 
+    /// The `load_key` call (see `schema.rs`). `how` says which locks to
+    /// take first and whose other keys to count.
     fn load<'a>(
         &'a self,
         client: &'a Client,
         key: &'a LockKey,
         extra: &[SessionId],
+        how: LoadHow,
     ) -> impl std::future::Future<Output = Result<Option<Row>, tokio_postgres::Error>> + 'a {
         let extra: Vec<i64> = extra.iter().copied().map(session_param).collect();
         async move {
@@ -169,6 +175,9 @@ impl Store {
                 (&ns, Type::TEXT),
                 (&name, Type::TEXT),
                 (&extra, Type::INT8_ARRAY),
+                (&how.share, Type::INT8),
+                (&how.lock, Type::BOOL),
+                (&how.count_for, Type::INT8),
             ];
             let rows = pg::query(client, &self.sql.load, params).await?;
             Ok(rows.into_iter().next())
@@ -210,41 +219,28 @@ impl Store {
     ) -> Result<Option<Applied>, Retry> {
         let client = self.client().await.map_err(Retry::Fail)?;
         let extra: Vec<SessionId> = acting.session.into_iter().collect();
-        let sid = acting.session.map(session_param).unwrap_or(0);
         let count_others = match command {
             Command::Acquire { .. } | Command::Steal { .. } => acting.session.is_some(),
             _ => false,
         };
-        let (ns, name) = (key.namespace(), key.name());
-        // Round trip 1: BEGIN, session share lock, row lock, load.
+        let how = LoadHow {
+            share: acting.session.filter(|_| acting.share).map(session_param),
+            lock: true,
+            count_for: acting.session.filter(|_| count_others).map(session_param),
+        };
+        // Round trip 1: BEGIN, then locks and load in one call.
         let first = tokio::try_join!(
             client.batch_execute("BEGIN"),
-            async {
-                if acting.share && acting.session.is_some() {
-                    pg::query(&client, &self.sql.share_session, vec![(&sid, Type::INT8)]).await?;
-                }
-                Ok(())
-            },
-            pg::query(
-                &client,
-                &self.sql.lock_row,
-                vec![(&ns, Type::TEXT), (&name, Type::TEXT)]
-            ),
-            async {
-                if !count_others {
-                    return Ok(0);
-                }
-                let params: Vec<Param> =
-                    vec![(&sid, Type::INT8), (&ns, Type::TEXT), (&name, Type::TEXT)];
-                let rows = pg::query(&client, &self.sql.count_active, params).await?;
-                Ok(rows.first().map(|r| r.get::<_, i64>(0)).unwrap_or(0))
-            },
-            self.load(&client, key, &extra),
+            self.load(&client, key, &extra, how),
         );
-        let (_, _, _, others, row) = match first {
-            Ok(r) => r,
+        let row = match first {
+            Ok((_, row)) => row,
             Err(e) => return Err(abort(client, e).await),
         };
+        let others: i64 = row
+            .as_ref()
+            .and_then(|r| r.try_get::<_, i64>(6).ok())
+            .unwrap_or(0);
         let mut loaded = match self.decode_load(key, row.as_ref()) {
             Ok(l) => l,
             Err(e) => {
@@ -320,11 +316,31 @@ impl Store {
         delete_session: Option<i64>,
     ) -> Result<bool, Retry> {
         let channel = self.sql.channel.as_str();
-        let payloads: Vec<String> = notify.into_iter().map(crate::notify::payload).collect();
+        // A change rides on its key's write; any other goes on its own.
+        let mut payloads: Vec<(Option<usize>, String)> = Vec::new();
+        for change in notify {
+            let at = writes.iter().position(|w| w.key == change.key);
+            payloads.push((at, crate::notify::payload(change)));
+        }
+        let payload_of = |i: usize| {
+            payloads
+                .iter()
+                .find(|(at, _)| *at == Some(i))
+                .map(|(_, p)| p.as_str())
+        };
+        let loose: Vec<&String> = payloads
+            .iter()
+            .filter(|(at, _)| at.is_none())
+            .map(|(_, p)| p)
+            .collect();
         let result = tokio::try_join!(
-            try_join_all(writes.iter().map(|w| self.write(client, w))),
-            try_join_all(payloads.iter().map(|p| {
-                let params: Vec<Param> = vec![(&channel, Type::TEXT), (p, Type::TEXT)];
+            try_join_all(writes.iter().enumerate().map(|(i, w)| self.write(
+                client,
+                w,
+                payload_of(i)
+            ))),
+            try_join_all(loose.iter().map(|p| {
+                let params: Vec<Param> = vec![(&channel, Type::TEXT), (*p, Type::TEXT)];
                 pg::query(client, &self.sql.notify, params)
             })),
             async {
@@ -342,16 +358,18 @@ impl Store {
         }
     }
 
-    async fn write(&self, client: &Client, w: &Write) -> Result<u64, tokio_postgres::Error> {
-        let sql = if w.insert {
-            &self.sql.insert
-        } else {
-            &self.sql.update
-        };
+    /// The `store_key` call: rows written (0: an insert lost a race).
+    async fn write(
+        &self,
+        client: &Client,
+        w: &Write,
+        notify: Option<&str>,
+    ) -> Result<i64, tokio_postgres::Error> {
         let (ns, name) = (w.key.namespace(), w.key.name());
         let params: Vec<Param> = vec![
             (&ns, Type::TEXT),
             (&name, Type::TEXT),
+            (&w.insert, Type::BOOL),
             (&w.bytes, Type::BYTEA),
             (&w.live, Type::BOOL),
             (&w.active, Type::INT8_ARRAY),
@@ -359,9 +377,30 @@ impl Store {
             (&w.deadline, Type::INT8),
             (&w.last_token, Type::INT8),
             (&w.updated_at, Type::INT8),
+            (&notify, Type::TEXT),
         ];
-        pg::execute(client, sql, params).await
+        let rows = pg::query(client, &self.sql.store, params).await?;
+        Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)))
     }
+}
+
+/// Which locks `load_key` takes before reading.
+#[derive(Clone, Copy)]
+struct LoadHow {
+    /// `FOR KEY SHARE` on this session's row.
+    share: Option<i64>,
+    /// `FOR UPDATE` on the key's row.
+    lock: bool,
+    /// Count the other keys this session holds or waits for.
+    count_for: Option<i64>,
+}
+
+impl LoadHow {
+    const READ: LoadHow = LoadHow {
+        share: None,
+        lock: false,
+        count_for: None,
+    };
 }
 
 /// Why a transaction attempt failed.
@@ -508,7 +547,11 @@ impl Store {
         };
         // Round trip 2: load every key.
         let extra: Vec<SessionId> = lock_session.into_iter().collect();
-        let rows = match try_join_all(keys.iter().map(|k| self.load(&client, k, &extra))).await {
+        // The keys are locked already (by `select`).
+        let loads = keys
+            .iter()
+            .map(|k| self.load(&client, k, &extra, LoadHow::READ));
+        let rows = match try_join_all(loads).await {
             Ok(rows) => rows,
             Err(e) => return Err(abort(client, e).await),
         };
