@@ -7,6 +7,7 @@
 //! request (and so the same request id) is sent again: the core returns the
 //! first result instead of applying it twice.
 
+use crate::rt::Instant;
 use crate::transport::Transport;
 use crate::types::NodeId;
 use crate::wire::{AdminRpc, ClientReply, ClientRpc, NodeStatus};
@@ -15,7 +16,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::time::Instant;
 
 /// Timeouts of a [`ClusterClient`].
 #[derive(Debug, Clone)]
@@ -131,7 +131,7 @@ impl ClusterClient {
                     Error::unavailable(why)
                 });
             }
-            tokio::time::sleep(backoff).await;
+            crate::rt::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_millis(100));
         }
     }

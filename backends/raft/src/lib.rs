@@ -19,6 +19,7 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod rt;
 pub mod state_machine;
 pub mod transport;
 pub mod types;

@@ -11,7 +11,7 @@
 //! records dominate it.
 
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
-use crate::wal::{self, WalWriter};
+use crate::wal::{self, LogSink, WalWriter};
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError};
 use serde::{Deserialize, Serialize};
@@ -100,7 +100,7 @@ fn io_err(e: io::Error) -> StorageError {
 #[derive(Clone)]
 pub struct LogStore {
     mem: Arc<Mutex<Mem>>,
-    wal: Arc<WalWriter>,
+    sink: Arc<dyn LogSink>,
 }
 
 impl LogStore {
@@ -108,21 +108,33 @@ impl LogStore {
     pub fn open(dir: &Path, fsync: bool) -> io::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("raft.log");
+        let records = wal::replay(&path)?;
+        let sink = Arc::new(WalWriter::open(&path, fsync)?);
+        Self::from_records(records, sink)
+    }
+
+    /// A log over another sink, starting from the framed bytes `durable`
+    /// (what survived on that sink; a torn tail is ignored).
+    pub fn on_sink(durable: &[u8], sink: Arc<dyn LogSink>) -> io::Result<LogStore> {
+        let (records, _) = wal::parse(durable);
+        Self::from_records(records, sink)
+    }
+
+    fn from_records(records: Vec<Vec<u8>>, sink: Arc<dyn LogSink>) -> io::Result<LogStore> {
         let mut mem = Mem::default();
-        for payload in wal::replay(&path)? {
+        for payload in records {
             mem.file_bytes += payload.len() as u64 + 8;
             let record: Record = postcard::from_bytes(&payload).map_err(|e| {
                 io::Error::new(
                     io::ErrorKind::InvalidData,
-                    format!("{}: undecodable record: {e}", path.display()),
+                    format!("undecodable log record: {e}"),
                 )
             })?;
             mem.apply(record);
         }
-        let wal = WalWriter::open(&path, fsync)?;
         Ok(LogStore {
             mem: Arc::new(Mutex::new(mem)),
-            wal: Arc::new(wal),
+            sink,
         })
     }
 
@@ -137,7 +149,7 @@ impl LogStore {
         let mut bytes = Vec::with_capacity(payload.len() + 8);
         wal::frame(&payload, &mut bytes);
         mem.file_bytes += bytes.len() as u64;
-        self.wal.append(bytes, done);
+        self.sink.append(bytes, done);
         Ok(())
     }
 
@@ -240,7 +252,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         if mem.file_bytes > COMPACT_AT_BYTES {
             let image = mem.image().map_err(io_err)?;
             mem.file_bytes = image.len() as u64;
-            self.wal.rewrite(image, None);
+            self.sink.rewrite(image, None);
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ use crate::clock::Clock;
 use crate::log_store::LogStore;
 use crate::network::Network;
 use crate::proposer::{ProposeError, Proposer};
+use crate::rt::Instant;
 use crate::state_machine::{Shared, StateMachine};
 use crate::transport::Transport;
 use crate::types::{NodeId, Raft, Request, Stamped};
@@ -37,7 +38,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tokio::time::Instant;
 
 /// How long a request waits for this node to become a ready leader (elected
 /// and graced) before it answers "not leader" / "unavailable".
@@ -137,13 +137,25 @@ impl LockNode {
         transport: Arc<dyn Transport>,
         clock: Arc<dyn Clock>,
     ) -> Result<LockNode, NodeError> {
-        let raft_config = Arc::new(config.raft_config()?);
         let storage = |source| NodeError::Storage {
             path: config.data_dir.clone(),
             source,
         };
         let log = LogStore::open(&config.data_dir, config.fsync).map_err(storage)?;
         let sm = StateMachine::open(&config.data_dir).map_err(storage)?;
+        Self::start_with(config, log, sm, transport, clock).await
+    }
+
+    /// Starts a node on a given log store and state machine (the simulator's
+    /// seam: a log on its own [`crate::wal::LogSink`]).
+    pub async fn start_with(
+        config: NodeConfig,
+        log: LogStore,
+        sm: StateMachine,
+        transport: Arc<dyn Transport>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<LockNode, NodeError> {
+        let raft_config = Arc::new(config.raft_config()?);
         let shared = sm.shared();
         let raft = Raft::new(config.id, raft_config, Network::new(transport), log, sm)
             .await
@@ -164,8 +176,8 @@ impl LockNode {
                 graced: watch::channel(0).0,
             }),
         };
-        tokio::spawn(grace_loop(node.clone()));
-        tokio::spawn(tick_loop(node.clone()));
+        crate::rt::spawn(grace_loop(node.clone()));
+        crate::rt::spawn(tick_loop(node.clone()));
         Ok(node)
     }
 
@@ -304,7 +316,7 @@ impl LockNode {
             }
             tokio::select! {
                 changed = progress.changed() => if changed.is_err() { return Ok(state) },
-                _ = tokio::time::sleep_until(give_up) => return Ok(state),
+                _ = crate::rt::sleep_until(give_up) => return Ok(state),
             }
         }
     }
@@ -328,7 +340,7 @@ impl LockNode {
             // The leader ticks at the lease's or session's end, which changes progress.
             tokio::select! {
                 changed = progress.changed() => if changed.is_err() { return Ok(held) },
-                _ = tokio::time::sleep_until(give_up) => return Ok(held),
+                _ = crate::rt::sleep_until(give_up) => return Ok(held),
             }
         }
     }
@@ -360,7 +372,7 @@ impl LockNode {
             tokio::select! {
                 _ = metrics.changed() => {}
                 _ = graced.changed() => {}
-                _ = tokio::time::sleep_until(give_up) => {}
+                _ = crate::rt::sleep_until(give_up) => {}
             }
         }
     }
@@ -501,7 +513,7 @@ async fn grace_loop(node: LockNode) {
                 }
                 Err(e) => {
                     tracing::warn!(term, "grace entry not committed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    crate::rt::sleep(Duration::from_millis(50)).await;
                 }
             }
         }
@@ -534,7 +546,7 @@ async fn tick_loop(node: LockNode) {
                     };
                     if let Err(e) = inner.proposer.propose(tick).await {
                         tracing::debug!("tick not committed: {e:?}");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        crate::rt::sleep(Duration::from_millis(20)).await;
                     }
                     continue;
                 }
@@ -543,7 +555,7 @@ async fn tick_loop(node: LockNode) {
                     r = metrics.changed() => if r.is_err() { return },
                     r = graced.changed() => if r.is_err() { return },
                     r = progress.changed() => if r.is_err() { return },
-                    _ = tokio::time::sleep(wait) => {}
+                    _ = crate::rt::sleep(wait) => {}
                 }
                 continue;
             }

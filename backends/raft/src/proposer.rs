@@ -40,7 +40,7 @@ impl Proposer {
     /// Starts the batching loop on `raft`.
     pub fn start(raft: Raft, clock: Arc<dyn Clock>, max_batch: usize, max_inflight: usize) -> Self {
         let (tx, rx) = mpsc::channel(max_batch.max(1) * max_inflight.max(1) * 4);
-        tokio::spawn(run(raft, clock, rx, max_batch.max(1), max_inflight.max(1)));
+        crate::rt::spawn(run(raft, clock, rx, max_batch.max(1), max_inflight.max(1)));
         Proposer { tx }
     }
 
@@ -80,7 +80,7 @@ async fn run(
         }
         let raft = raft.clone();
         let now = clock.now_ms();
-        tokio::spawn(async move {
+        crate::rt::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.stamped, p.reply)).unzip();
             let result = raft.client_write(Request::Batch { now, commands }).await;

@@ -36,9 +36,21 @@ enum Op {
     },
 }
 
-/// Appends framed records to the file from a dedicated thread.
+/// Appends framed records to the file from a dedicated thread. Dropping it
+/// waits until everything queued is written, so a node restarted in the same
+/// process never replays a file that an old writer is still appending to.
 pub struct WalWriter {
-    tx: mpsc::Sender<Op>,
+    tx: Option<mpsc::Sender<Op>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for WalWriter {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Frames one record.
@@ -48,16 +60,9 @@ pub fn frame(payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
-/// Reads every intact record and cuts a torn or corrupt tail off the file.
-pub fn replay(path: &Path) -> io::Result<Vec<Vec<u8>>> {
-    let mut data = Vec::new();
-    match File::open(path) {
-        Ok(mut f) => {
-            f.read_to_end(&mut data)?;
-        }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
-    }
+/// Splits framed bytes into intact records; also returns how many bytes they
+/// cover (anything after is a torn or corrupt tail).
+pub fn parse(data: &[u8]) -> (Vec<Vec<u8>>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
     while data.len() - at >= HEADER {
@@ -74,6 +79,20 @@ pub fn replay(path: &Path) -> io::Result<Vec<Vec<u8>>> {
         records.push(payload.to_vec());
         at = start + len;
     }
+    (records, at)
+}
+
+/// Reads every intact record and cuts a torn or corrupt tail off the file.
+pub fn replay(path: &Path) -> io::Result<Vec<Vec<u8>>> {
+    let mut data = Vec::new();
+    match File::open(path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut data)?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    }
+    let (records, at) = parse(&data);
     if at < data.len() {
         tracing::warn!(
             path = %path.display(),
@@ -88,6 +107,60 @@ pub fn replay(path: &Path) -> io::Result<Vec<Vec<u8>>> {
     Ok(records)
 }
 
+/// Where the log store's framed records go. [`WalWriter`] is the file; a
+/// simulator supplies its own (e.g. one that loses unflushed bytes on a
+/// simulated crash), or uses [`MemDisk`].
+pub trait LogSink: Send + Sync + 'static {
+    /// Appends framed bytes; `done` runs once they are durable.
+    fn append(&self, bytes: Vec<u8>, done: Option<Done>);
+    /// Replaces everything with `bytes` (compaction); `done` as above.
+    fn rewrite(&self, bytes: Vec<u8>, done: Option<Done>);
+}
+
+impl LogSink for WalWriter {
+    fn append(&self, bytes: Vec<u8>, done: Option<Done>) {
+        WalWriter::append(self, bytes, done)
+    }
+
+    fn rewrite(&self, bytes: Vec<u8>, done: Option<Done>) {
+        WalWriter::rewrite(self, bytes, done)
+    }
+}
+
+/// An in-memory "disk" on which every write is durable at once. Keep it
+/// across a node restart and reopen the log with
+/// [`crate::log_store::LogStore::on_sink`] from [`MemDisk::contents`].
+#[derive(Debug, Default)]
+pub struct MemDisk {
+    bytes: std::sync::Mutex<Vec<u8>>,
+}
+
+impl MemDisk {
+    /// Everything written so far.
+    pub fn contents(&self) -> Vec<u8> {
+        self.bytes.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl LogSink for MemDisk {
+    fn append(&self, bytes: Vec<u8>, done: Option<Done>) {
+        self.bytes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(&bytes);
+        if let Some(done) = done {
+            done(Ok(()));
+        }
+    }
+
+    fn rewrite(&self, bytes: Vec<u8>, done: Option<Done>) {
+        *self.bytes.lock().unwrap_or_else(|p| p.into_inner()) = bytes;
+        if let Some(done) = done {
+            done(Ok(()));
+        }
+    }
+}
+
 impl WalWriter {
     /// Opens `path` for appending and starts the writer thread. With `fsync`
     /// off, writes are acknowledged once in the page cache (benchmarks only:
@@ -99,10 +172,13 @@ impl WalWriter {
         }
         let (tx, rx) = mpsc::channel::<Op>();
         let path = path.to_path_buf();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("fencelock-wal".into())
             .spawn(move || writer_loop(file, path, fsync, rx))?;
-        Ok(WalWriter { tx })
+        Ok(WalWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
     }
 
     /// Queues framed bytes; `done` runs once they are durable.
@@ -116,7 +192,11 @@ impl WalWriter {
     }
 
     fn send(&self, op: Op) {
-        if let Err(mpsc::SendError(op)) = self.tx.send(op) {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(op),
+            None => Err(mpsc::SendError(op)),
+        };
+        if let Err(mpsc::SendError(op)) = sent {
             let done = match op {
                 Op::Append { done, .. } | Op::Rewrite { done, .. } => done,
             };
