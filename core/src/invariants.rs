@@ -151,6 +151,16 @@ impl Table {
                 return Err(format!("session {id}: more locks than the limit"));
             }
         }
+        let remembered = &self.sessionless;
+        if remembered.order.len() != remembered.results.len()
+            || remembered.order.len() > crate::SESSIONLESS_REQUEST_MEMORY
+            || remembered
+                .order
+                .iter()
+                .any(|id| !remembered.results.contains_key(id))
+        {
+            return Err("session-less request memory is inconsistent or over its bound".into());
+        }
         if self.deadlines.len() != expected_deadlines {
             return Err(format!(
                 "deadline index has {} entries, expected {expected_deadlines}",

@@ -53,6 +53,7 @@ pub use command::{
 pub use error::{LockError, StatusCode};
 pub use key::{LockKey, MAX_NAMESPACE_LEN, MAX_NAME_LEN};
 pub use limits::Limits;
+pub use session::SESSIONLESS_REQUEST_MEMORY;
 pub use snapshot::Snapshot;
 pub use table::Table;
 pub use types::{FencingToken, LockKind, Millis, Mode, RequestId, SessionId};

@@ -7,7 +7,7 @@ use crate::error::LockError;
 use crate::key::{FixedState, LockKey};
 use crate::types::{Millis, RequestId};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 
 pub(crate) type Outcome = Result<Response, LockError>;
 
@@ -89,6 +89,54 @@ impl RequestMemory {
         while self.results.len() as u64 > max {
             if let Some((old, _)) = self.results.pop_first() {
                 self.forgotten_below = self.forgotten_below.max(old.0.saturating_add(1));
+            }
+        }
+    }
+}
+
+/// How many session-less requests a table remembers.
+pub const SESSIONLESS_REQUEST_MEMORY: usize = 4096;
+
+/// Remembers the newest requests that name no session (`OpenSession`,
+/// `CreateLock`, `ForceRelease`, `Destroy`), so a retry after an unknown
+/// outcome (a Raft leader change) does not open a second session, or
+/// force-release the *next* holder, or destroy a re-created lock. These ids
+/// share one space across all clients, so clients pick them at random (64
+/// bits). The oldest are forgotten first; a retry of a forgotten id is
+/// applied again (there is no order to tell it from a new one).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SessionlessMemory {
+    pub order: VecDeque<RequestId>,
+    pub results: BTreeMap<RequestId, (Command, Outcome)>,
+}
+
+impl SessionlessMemory {
+    pub fn lookup(&self, id: RequestId, command: &Command) -> Option<Outcome> {
+        let (first, outcome) = self.results.get(&id)?;
+        if first != command {
+            return Some(Err(LockError::invalid(
+                "request_id",
+                format!(
+                    "{} was already used for a different command ({first:?}); \
+                     pick a fresh random id for every session-less request",
+                    id.0
+                ),
+            )));
+        }
+        Some(outcome.clone())
+    }
+
+    pub fn remember(&mut self, id: RequestId, command: &Command, outcome: Outcome) {
+        if self
+            .results
+            .insert(id, (command.clone(), outcome))
+            .is_none()
+        {
+            self.order.push_back(id);
+        }
+        while self.order.len() > SESSIONLESS_REQUEST_MEMORY {
+            if let Some(old) = self.order.pop_front() {
+                self.results.remove(&old);
             }
         }
     }

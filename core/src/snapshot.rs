@@ -11,7 +11,7 @@ use crate::error::LockError;
 use crate::key::LockKey;
 use crate::limits::Limits;
 use crate::lock::LockState;
-use crate::session::{KeyIndex, RequestMemory, Session};
+use crate::session::{KeyIndex, RequestMemory, Session, SessionlessMemory};
 use crate::table::{Due, Table};
 use crate::types::{Millis, SessionId};
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,7 @@ pub struct Snapshot {
     limits: Limits,
     sessions: Vec<SessionSnapshot>,
     locks: Vec<(LockKey, LockState)>,
+    sessionless: SessionlessMemory,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +83,7 @@ impl Table {
                 })
                 .collect(),
             locks,
+            sessionless: self.sessionless.clone(),
         }
     }
 
@@ -107,6 +109,7 @@ impl Table {
         table.now = snap.now;
         table.last_token = snap.last_token;
         table.last_session = snap.last_session;
+        table.sessionless = snap.sessionless;
         for s in snap.sessions {
             if s.id.0 == 0 || s.id.0 > snap.last_session {
                 return Err(corrupt(format!("session {} was never issued", s.id)));

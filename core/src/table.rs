@@ -41,7 +41,7 @@ use crate::error::LockError;
 use crate::key::{FixedState, LockKey};
 use crate::limits::Limits;
 use crate::lock::{Hold, LockState, Waiter};
-use crate::session::{sorted, KeyIndex, Outcome, RequestMemory, Session};
+use crate::session::{sorted, KeyIndex, Outcome, RequestMemory, Session, SessionlessMemory};
 use crate::types::{FencingToken, LockKind, Millis, Mode, RequestId, SessionId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -64,6 +64,8 @@ pub struct Table {
     pub(crate) locks: HashMap<LockKey, LockState, FixedState>,
     pub(crate) sessions: BTreeMap<SessionId, Session>,
     pub(crate) deadlines: BTreeSet<(Millis, Due)>,
+    /// Results of recent requests that name no session.
+    pub(crate) sessionless: SessionlessMemory,
 }
 
 impl Default for Table {
@@ -83,6 +85,7 @@ impl Table {
             locks: HashMap::default(),
             sessions: BTreeMap::new(),
             deadlines: BTreeSet::new(),
+            sessionless: SessionlessMemory::default(),
         }
     }
 
@@ -123,13 +126,13 @@ impl Table {
         self.apply_request(now, None, command, events)
     }
 
-    /// Applies `command` at `now`. With a `request_id`, a command that names a
-    /// session is applied at most once: a retry returns the first result and
-    /// changes nothing (the session remembers its newest
-    /// [`Limits::max_remembered_requests`] results). `OpenSession`,
-    /// `CreateLock`, `ForceRelease`, `Destroy` and `Tick` carry no session and
-    /// are not deduplicated (create and force release are idempotent anyway; a
-    /// retried open at worst leaves a session that expires).
+    /// Applies `command` at `now`. With a `request_id`, a command is applied
+    /// at most once: a retry returns the first result and changes nothing.
+    /// Commands that name a session are remembered by that session (its newest
+    /// [`Limits::max_remembered_requests`]; use increasing ids). `OpenSession`,
+    /// `CreateLock`, `ForceRelease` and `Destroy` are remembered table-wide
+    /// (the newest [`SESSIONLESS_REQUEST_MEMORY`](crate::SESSIONLESS_REQUEST_MEMORY);
+    /// use random ids). `Tick` is never remembered: repeating it is harmless.
     pub fn apply_request(
         &mut self,
         now: Millis,
@@ -138,8 +141,19 @@ impl Table {
         events: &mut Vec<Event>,
     ) -> Outcome {
         self.advance(now, events);
-        let (Some(rid), Some(sid)) = (request_id, command.session()) else {
+        let Some(rid) = request_id else {
             return self.execute(command, None, events);
+        };
+        let Some(sid) = command.session() else {
+            if matches!(command, Command::Tick) {
+                return self.execute(command, None, events);
+            }
+            if let Some(known) = self.sessionless.lookup(rid, command) {
+                return known;
+            }
+            let outcome = self.execute(command, Some(rid), events);
+            self.sessionless.remember(rid, command, outcome.clone());
+            return outcome;
         };
         let Some(session) = self.sessions.get(&sid) else {
             return Err(LockError::SessionNotFound { session: sid });

@@ -8,7 +8,7 @@ use fencelock_core::{
     SessionId, Table,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 // A mirror of the snapshot layout (postcard is not self-describing, so the
 // field order must match `core/src/snapshot.rs` and `core/src/lock.rs`).
@@ -23,6 +23,13 @@ struct SnapshotMirror {
     limits: Limits,
     sessions: Vec<SessionMirror>,
     locks: Vec<(LockKey, LockMirror)>,
+    sessionless: SessionlessMirror,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct SessionlessMirror {
+    order: VecDeque<RequestId>,
+    results: BTreeMap<RequestId, (Command, Result<Response, LockError>)>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

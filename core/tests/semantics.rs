@@ -1769,3 +1769,71 @@ fn every_waiter_is_eventually_granted_or_times_out() {
         "every waiter but the first holder ended its wait (at {now})"
     );
 }
+
+/// Idempotency for commands that name no session: a retried `ForceRelease`
+/// (after an unknown outcome) must not force-release the *next* holder, a
+/// retried `OpenSession` must not open a second session, and a retried
+/// `Destroy` must not destroy a re-created lock.
+#[test]
+fn sessionless_requests_are_deduplicated_table_wide() {
+    let mut t = Table::default();
+    let mut ev = Vec::new();
+    let k = LockKey::new("ns", "admin").unwrap();
+    let open = Command::OpenSession { ttl_ms: 10_000 };
+    let first = t.apply_request(0, Some(RequestId(0xfeed)), &open, &mut ev);
+    let again = t.apply_request(1, Some(RequestId(0xfeed)), &open, &mut ev);
+    assert_eq!(first, again);
+    assert_eq!(
+        t.session_count(),
+        1,
+        "a retried open opened a second session"
+    );
+    let Ok(Response::SessionOpened { session: a, .. }) = first else {
+        panic!("{first:?}")
+    };
+    let b = t.open_session(1, 10_000, &mut ev).unwrap();
+    let acq = |s| Command::Acquire {
+        key: k.clone(),
+        session: s,
+        mode: Mode::Exclusive,
+        timeout_ms: None,
+    };
+    t.apply(2, &acq(a), &mut ev).unwrap();
+    t.apply(2, &acq(b), &mut ev).unwrap();
+    let force = Command::ForceRelease { key: k.clone() };
+    ev.clear();
+    let first = t.apply_request(3, Some(RequestId(7)), &force, &mut ev);
+    assert_eq!(first, Ok(Response::ForceReleased { holds: 1 }));
+    assert!(ev
+        .iter()
+        .any(|e| matches!(e, Event::Granted { session, .. } if *session == b)));
+    // The retry answers the first result and leaves b's new hold alone.
+    ev.clear();
+    let again = t.apply_request(4, Some(RequestId(7)), &force, &mut ev);
+    assert_eq!(again, first);
+    assert!(ev.is_empty(), "{ev:?}");
+    assert_eq!(t.describe(&k).unwrap().holders[0].session, b);
+    // The same id for another command is refused, naming the field.
+    let other = Command::Destroy { key: k.clone() };
+    let err = t
+        .apply_request(5, Some(RequestId(7)), &other, &mut ev)
+        .unwrap_err();
+    assert!(matches!(&err, LockError::InvalidArgument { field, .. } if field == "request_id"));
+    assert!(t.describe(&k).is_some());
+    // A retried destroy does not destroy the lock re-created in between.
+    t.apply_request(6, Some(RequestId(8)), &other, &mut ev)
+        .unwrap();
+    t.apply(7, &acq(a), &mut ev).unwrap();
+    assert_eq!(
+        t.apply_request(8, Some(RequestId(8)), &other, &mut ev),
+        Ok(Response::Destroyed)
+    );
+    assert!(
+        t.describe(&k).is_some(),
+        "the retried destroy destroyed the re-created lock"
+    );
+    // It survives snapshot/restore.
+    let back = Table::restore_bytes(&t.snapshot_bytes().unwrap()).unwrap();
+    assert_eq!(back.snapshot_bytes().unwrap(), t.snapshot_bytes().unwrap());
+    t.check_invariants().unwrap();
+}

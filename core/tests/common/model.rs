@@ -98,6 +98,9 @@ pub struct Model {
     limits: Limits,
     sessions: Vec<MSession>,
     locks: Vec<MLock>,
+    /// Session-less requests (open, create, force release, destroy): (id,
+    /// command, first result), oldest first, the newest 4096 kept.
+    sessionless: Vec<(RequestId, Command, Outcome)>,
     bug: Option<Bug>,
 }
 
@@ -124,6 +127,7 @@ impl Model {
             limits,
             sessions: Vec::new(),
             locks: Vec::new(),
+            sessionless: Vec::new(),
             bug,
         }
     }
@@ -252,8 +256,25 @@ impl Model {
         events: &mut Vec<Event>,
     ) -> Outcome {
         self.advance(now, events);
-        let (Some(rid), Some(sid)) = (rid, cmd.session()) else {
+        let Some(rid) = rid else {
             return self.execute(cmd, None, events);
+        };
+        let Some(sid) = cmd.session() else {
+            if matches!(cmd, Command::Tick) {
+                return self.execute(cmd, None, events);
+            }
+            if let Some((_, first, outcome)) = self.sessionless.iter().find(|r| r.0 == rid) {
+                if first != cmd {
+                    return Err(invalid("request_id", "reused for a different command"));
+                }
+                return outcome.clone();
+            }
+            let outcome = self.execute(cmd, Some(rid), events);
+            self.sessionless.push((rid, cmd.clone(), outcome.clone()));
+            if self.sessionless.len() > fencelock_core::SESSIONLESS_REQUEST_MEMORY {
+                self.sessionless.remove(0);
+            }
+            return outcome;
         };
         let Some(s) = self.sessions.iter().find(|s| s.id == sid) else {
             return Err(LockError::SessionNotFound { session: sid });
