@@ -272,7 +272,7 @@ impl Model {
             let outcome = self.execute(cmd, Some(rid), events);
             self.sessionless.push((rid, cmd.clone(), outcome.clone()));
             if self.sessionless.len() > fencelock_core::SESSIONLESS_REQUEST_MEMORY {
-                self.sessionless.remove(0);
+                let _evicted = self.sessionless.remove(0);
             }
             return outcome;
         };
