@@ -93,7 +93,49 @@ fn allowed_cpus() -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
+/// `core_table --only <pair|map|handoff|drain> <size> <iters>` runs one
+/// workload `iters` times and prints nothing: `scripts/bench-instructions.sh`
+/// counts its instructions under callgrind, which a busy machine cannot skew.
+fn run_only(args: &[String]) -> Result<(), String> {
+    let [workload, size, iters] = args else {
+        return Err("usage: core_table --only <pair|map|handoff|drain> <size> <iters>".into());
+    };
+    let size: usize = size.parse().map_err(|e| format!("size: {e}"))?;
+    let iters: usize = iters.parse().map_err(|e| format!("iters: {e}"))?;
+    match workload.as_str() {
+        "pair" => {
+            let mut table = Uncontended::new(size);
+            (0..iters).for_each(|_| table.pair());
+        }
+        "map" => {
+            let mut map = MapPairs::new(size);
+            (0..iters).for_each(|_| map.pair());
+        }
+        "handoff" => {
+            let mut lock = Handoff::new(size);
+            (0..iters).for_each(|_| lock.handoff());
+        }
+        "drain" => {
+            let mut lock = Handoff::new(size);
+            let done = lock.drain_at_most(iters);
+            if done != iters {
+                return Err(format!("a queue of {size} drains only {done} times"));
+            }
+        }
+        other => return Err(format!("unknown workload {other:?}")),
+    }
+    Ok(())
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--only") {
+        if let Err(e) = run_only(&args[at + 1..]) {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+        return;
+    }
     const PAIRS_BATCH: usize = 2_000_000;
     println!(
         "# fencelock core benchmark (cpus allowed: {})\n",

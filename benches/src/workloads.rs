@@ -229,8 +229,14 @@ impl Handoff {
 
     /// Hands the lock down the whole queue; returns the number of handoffs.
     pub fn drain(&mut self) -> usize {
+        self.drain_at_most(usize::MAX)
+    }
+
+    /// Hands the lock down the queue at most `max` times (release → next
+    /// grant, nobody re-queues); returns the number of handoffs.
+    pub fn drain_at_most(&mut self, max: usize) -> usize {
         let mut n = 0;
-        while self.release_to_next() {
+        while n < max && self.release_to_next() {
             n += 1;
         }
         n
