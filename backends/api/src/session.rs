@@ -11,6 +11,7 @@
 
 use crate::{Backend, Error};
 use fencelock_core::{Command, LockError, LockKey, RequestId, Response, SessionId};
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -195,15 +196,28 @@ impl Sessions {
             if pool.closed {
                 return Err(Error::Closed);
             }
-            let busy = pool.busy.get(key);
-            let free = pool
-                .sessions
-                .iter()
-                .find(|s| busy.is_none_or(|b| !b.contains(s.id)) && !s.gone.is_cancelled());
-            if let Some(s) = free {
-                let s = s.clone();
-                mark_busy(&mut pool.busy, key, s.id);
-                return Ok(s);
+            // One hash lookup: the entry is either vacant (the usual case)
+            // or lists the sessions already busy with this key.
+            let sessions = &pool.sessions;
+            let usable = |s: &&Arc<Session>| !s.gone.is_cancelled();
+            match pool.busy.entry(key.clone()) {
+                Entry::Vacant(e) => {
+                    if let Some(s) = sessions.iter().find(usable) {
+                        e.insert(Busy::One(s.id));
+                        return Ok(s.clone());
+                    }
+                }
+                Entry::Occupied(mut e) => {
+                    let busy = e.get_mut();
+                    if let Some(s) = sessions
+                        .iter()
+                        .filter(usable)
+                        .find(|s| !busy.contains(s.id))
+                    {
+                        busy.add(s.id);
+                        return Ok(s.clone());
+                    }
+                }
             }
         }
         let s = self.open().await?;
@@ -214,8 +228,10 @@ impl Sessions {
     /// Returns a borrowed session: it no longer holds or waits for `key`.
     pub fn checkin(&self, key: &LockKey, session: SessionId) {
         let mut pool = self.pool();
-        if pool.busy.get_mut(key).is_some_and(|b| b.remove(session)) {
-            pool.busy.remove(key);
+        if let Entry::Occupied(mut e) = pool.busy.entry(key.clone()) {
+            if e.get_mut().remove(session) {
+                e.remove();
+            }
         }
     }
 

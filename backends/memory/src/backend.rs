@@ -147,8 +147,10 @@ impl Backend for MemoryBackend {
     ) -> Result<Response, Error> {
         // Never pending otherwise: without this a task looping on an
         // uncontended lock would starve the runtime (timers, other tasks),
-        // as a `tokio::sync::Mutex` would not.
-        tokio::task::coop::consume_budget().await;
+        // as a `tokio::sync::Mutex` would not. Once per acquire suffices.
+        if matches!(command, Command::Acquire { .. } | Command::Steal { .. }) {
+            tokio::task::coop::consume_budget().await;
+        }
         self.start_timer();
         let (outcome, wake) = self
             .shared
