@@ -19,7 +19,7 @@ impl Table {
     /// expiry and leaves state time unchanged, so a session whose TTL passed
     /// during a leaderless gap is kept. Returns how many sessions were extended.
     pub fn grant_grace(&mut self, now: Millis) -> u64 {
-        let now = now.max(self.now);
+        let now = crate::types::clamp_now(now, self.now);
         let mut extended = 0;
         for (id, session) in self.sessions.iter_mut() {
             let until = now.saturating_add(session.ttl_ms);

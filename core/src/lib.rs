@@ -56,5 +56,5 @@ pub use limits::Limits;
 pub use session::SESSIONLESS_REQUEST_MEMORY;
 pub use snapshot::Snapshot;
 pub use table::Table;
-pub use types::{FencingToken, LockKind, Millis, Mode, RequestId, SessionId};
+pub use types::{FencingToken, LockKind, Millis, Mode, RequestId, SessionId, MAX_TIME};
 pub use view::{check_open_session, KeyView, LockRecord, SessionRecord, WaitOutcome, WaitView};

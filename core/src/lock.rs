@@ -17,6 +17,9 @@ use crate::types::{FencingToken, LockKind, Millis, Mode, RequestId, SessionId};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
+mod holders;
+pub(crate) use holders::Holders;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Hold {
     pub session: SessionId,
@@ -39,7 +42,7 @@ pub(crate) struct LockState {
     pub kind: LockKind,
     pub ttl_ms: Option<u64>,
     /// Current holds by token; token order is grant order.
-    pub holders: BTreeMap<u64, Hold>,
+    pub holders: Holders,
     /// Waiters by arrival sequence; map order is queue order.
     pub queue: BTreeMap<u64, Waiter>,
     /// Next arrival sequence number.
@@ -56,7 +59,7 @@ impl LockState {
         LockState {
             kind,
             ttl_ms,
-            holders: BTreeMap::new(),
+            holders: Holders::default(),
             queue: BTreeMap::new(),
             next_seq: 0,
             last_token: 0,

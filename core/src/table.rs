@@ -266,7 +266,7 @@ impl Table {
         key: &LockKey,
         token: FencingToken,
     ) -> Result<crate::command::HolderInfo, LockError> {
-        let now = now.max(self.now);
+        let now = crate::types::clamp_now(now, self.now);
         let lock = self.lock(key)?;
         let Some(hold) = lock.holders.get(&token.0) else {
             return Err(lock.ended_error(key, token));
@@ -340,12 +340,12 @@ impl Table {
         if ttl_ms == 0 {
             return Err(LockError::invalid(field, "must be at least 1 ms"));
         }
-        if ttl_ms > self.limits.max_ttl_ms {
+        if ttl_ms > self.limits.max_ttl_ms.min(crate::types::MAX_TIME) {
             return Err(LockError::invalid(
                 field,
                 format!(
                     "{ttl_ms} ms is longer than the limit of {} ms",
-                    self.limits.max_ttl_ms
+                    self.limits.max_ttl_ms.min(crate::types::MAX_TIME)
                 ),
             ));
         }
@@ -356,7 +356,7 @@ impl Table {
 
     /// Processes everything due at or before `now`, each at its own instant.
     fn advance(&mut self, now: Millis, events: &mut Vec<Event>) {
-        let now = now.max(self.now);
+        let now = crate::types::clamp_now(now, self.now);
         while self.deadlines.first().is_some_and(|(at, _)| *at <= now) {
             let Some((at, due)) = self.deadlines.pop_first() else {
                 break;

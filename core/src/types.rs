@@ -8,6 +8,16 @@ use std::fmt;
 /// simulator's clock), and the core only compares these numbers.
 pub type Millis = u64;
 
+/// The latest time the core represents (2^62 ms, about 146 million years). A
+/// `now` above it counts as it, and TTLs are capped below it, so `now + ttl`
+/// never overflows and every expiry stays strictly in the future.
+pub const MAX_TIME: Millis = 1 << 62;
+
+/// State time for a command: never backwards, never past [`MAX_TIME`].
+pub(crate) fn clamp_now(now: Millis, state_now: Millis) -> Millis {
+    now.min(MAX_TIME).max(state_now)
+}
+
 /// A client session. Every holder and waiter belongs to one; when it ends, its
 /// holds and waits end in the same transition. Ids are assigned by the core
 /// from a counter, so every replica assigns the same id to the same command.

@@ -1837,3 +1837,45 @@ fn sessionless_requests_are_deduplicated_table_wide() {
     assert_eq!(back.snapshot_bytes().unwrap(), t.snapshot_bytes().unwrap());
     t.check_invariants().unwrap();
 }
+
+/// A driver clock at the very end of `u64` must not make an expiry land at
+/// `now` (a session that is born expired): time is clamped to `MAX_TIME`.
+#[test]
+fn time_beyond_max_time_is_clamped_so_expiries_stay_in_the_future() {
+    let mut t = Table::default();
+    let mut ev = Vec::new();
+    let s = t.open_session(u64::MAX, 1_000, &mut ev).unwrap();
+    assert_eq!(t.now(), fencelock_core::MAX_TIME);
+    let info = t.describe_session(s).unwrap();
+    assert_eq!(info.expires_at, fencelock_core::MAX_TIME + 1_000);
+    let k = LockKey::new("ns", "end-of-time").unwrap();
+    t.apply(
+        u64::MAX,
+        &Command::CreateLock {
+            key: k.clone(),
+            kind: LockKind::Exclusive,
+            ttl_ms: Some(500),
+        },
+        &mut ev,
+    )
+    .unwrap();
+    let granted = t.apply(
+        u64::MAX,
+        &Command::Acquire {
+            key: k.clone(),
+            session: s,
+            mode: Mode::Exclusive,
+            timeout_ms: None,
+        },
+        &mut ev,
+    );
+    assert!(matches!(granted, Ok(Response::Granted(_))), "{granted:?}");
+    t.check_invariants().unwrap();
+    // A TTL limit configured above MAX_TIME is capped, naming the field.
+    let mut huge = Table::new(Limits {
+        max_ttl_ms: u64::MAX,
+        ..Limits::default()
+    });
+    let err = huge.open_session(0, u64::MAX, &mut ev).unwrap_err();
+    assert!(matches!(&err, LockError::InvalidArgument { field, .. } if field == "ttl_ms"));
+}

@@ -219,7 +219,7 @@ impl Model {
         key: &LockKey,
         token: FencingToken,
     ) -> Result<HolderInfo, LockError> {
-        let now = now.max(self.now);
+        let now = now.min(fencelock_core::MAX_TIME).max(self.now);
         let Some(lock) = self.lock(key) else {
             return Err(LockError::NotFound { key: key.clone() });
         };
@@ -309,7 +309,7 @@ impl Model {
 
     /// Pushes every session's expiry to at least `now + ttl`; expires nothing.
     pub fn grant_grace(&mut self, now: u64) -> u64 {
-        let now = now.max(self.now);
+        let now = now.min(fencelock_core::MAX_TIME).max(self.now);
         let mut n = 0;
         for s in &mut self.sessions {
             if now + s.ttl_ms > s.expires_at {
@@ -600,7 +600,7 @@ impl Model {
 
     /// Processes the earliest due item while one is due at or before `now`.
     fn advance(&mut self, now: u64, ev: &mut Vec<Event>) {
-        let now = now.max(self.now);
+        let now = now.min(fencelock_core::MAX_TIME).max(self.now);
         while let Some((at, class, key, n)) =
             self.all_due().into_iter().filter(|d| d.0 <= now).min()
         {
