@@ -68,6 +68,11 @@ impl Replica {
     fn apply_request(&mut self, request: &Request) -> Reply {
         match request {
             Request::Batch { now, commands } => {
+                #[cfg(madsim)]
+                let local = crate::sim::planted(crate::sim::Planted::LocalClockApply)
+                    .then(crate::sim::local_now);
+                #[cfg(madsim)]
+                let now = &local.unwrap_or(*now);
                 let mut events = Vec::new();
                 let outcomes = commands
                     .iter()
@@ -96,6 +101,8 @@ impl Replica {
                 Reply { outcomes }
             }
             Request::Grace { now } => {
+                #[cfg(madsim)]
+                crate::sim::note_grace(*now);
                 let extended = self.table.grant_grace(*now);
                 tracing::info!(now, extended, "fail-over grace granted to sessions");
                 Reply::default()
@@ -373,5 +380,132 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             meta: f.meta.clone(),
             snapshot: Box::new(Cursor::new(f.body.clone())),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Stamped;
+    use fencelock_core::{Limits, Mode, RequestId, SessionId};
+
+    fn batch(now: Millis, commands: Vec<Command>) -> Request {
+        Request::Batch {
+            now,
+            commands: commands
+                .into_iter()
+                .enumerate()
+                .map(|(i, command)| Stamped {
+                    request_id: command.session().map(|_| RequestId(now * 100 + i as u64)),
+                    command,
+                })
+                .collect(),
+        }
+    }
+
+    fn open(r: &mut Replica, now: Millis) -> SessionId {
+        match &r
+            .apply_request(&batch(now, vec![Command::OpenSession { ttl_ms: 10_000 }]))
+            .outcomes[..]
+        {
+            [Ok(Response::SessionOpened { session, .. })] => *session,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn acquire(key: &LockKey, session: SessionId) -> Command {
+        Command::Acquire {
+            key: key.clone(),
+            session,
+            mode: Mode::Exclusive,
+            timeout_ms: Some(5_000),
+        }
+    }
+
+    #[test]
+    fn wait_state_follows_the_last_wait_of_a_session_for_a_key() {
+        let mut r = Replica::default();
+        let key = LockKey::new("ns", "k").unwrap();
+        let (a, b) = (open(&mut r, 1), open(&mut r, 1));
+        assert_eq!(r.wait_state(b, &key), WaitState::NotWaiting);
+        r.apply_request(&batch(2, vec![acquire(&key, a), acquire(&key, b)]));
+        assert_eq!(r.wait_state(b, &key), WaitState::Waiting);
+        let token = r.table.describe(&key).unwrap().holders[0].token;
+        r.apply_request(&batch(
+            3,
+            vec![Command::Release {
+                key: key.clone(),
+                session: a,
+                token,
+            }],
+        ));
+        let WaitState::Granted(g) = r.wait_state(b, &key) else {
+            panic!("b not granted: {:?}", r.wait_state(b, &key))
+        };
+        assert!(g.token > token);
+        assert_eq!(g.granted_at, 3);
+        // b releases and queues behind a: the old grant is forgotten.
+        r.apply_request(&batch(
+            4,
+            vec![
+                acquire(&key, a),
+                Command::Release {
+                    key: key.clone(),
+                    session: b,
+                    token: g.token,
+                },
+                acquire(&key, b),
+            ],
+        ));
+        assert_eq!(r.wait_state(b, &key), WaitState::Waiting);
+        // The wait times out at 4 + 5_000 (the deadline).
+        r.apply_request(&batch(5_004, vec![Command::Tick]));
+        assert_eq!(r.wait_state(b, &key), WaitState::Ended(WaitEnd::TimedOut));
+        r.apply_request(&batch(5_005, vec![Command::CloseSession { session: b }]));
+        assert_eq!(
+            r.wait_state(b, &key),
+            WaitState::Ended(WaitEnd::SessionEnded)
+        );
+        assert_eq!(
+            r.waits.get(b, &key),
+            None,
+            "a closed session leaves nothing"
+        );
+        // a's last wait (queued at 4, granted by b's release) is still known.
+        assert!(matches!(r.wait_state(a, &key), WaitState::Granted(_)));
+    }
+
+    #[test]
+    fn limits_are_configured_only_on_an_empty_table() {
+        let mut r = Replica::default();
+        let small = Limits {
+            max_sessions: 1,
+            ..Limits::default()
+        };
+        let reply = r.apply_request(&Request::Configure {
+            limits: small.clone(),
+        });
+        assert!(reply.outcomes.is_empty());
+        assert_eq!(r.table.limits(), &small);
+        open(&mut r, 1);
+        let reply = r.apply_request(&Request::Configure {
+            limits: Limits::default(),
+        });
+        assert!(
+            matches!(&reply.outcomes[..], [Err(LockError::InvalidArgument { field, .. })] if field == "limits")
+        );
+        assert_eq!(r.table.limits(), &small);
+    }
+
+    #[test]
+    fn the_grace_entry_extends_sessions_before_anything_expires() {
+        let mut r = Replica::default();
+        let s = open(&mut r, 0);
+        r.apply_request(&Request::Grace { now: 50_000 });
+        r.apply_request(&batch(50_001, vec![Command::Tick]));
+        assert_eq!(
+            r.table.describe_session(s).map(|i| i.expires_at),
+            Some(60_000)
+        );
     }
 }
