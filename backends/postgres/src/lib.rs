@@ -20,9 +20,12 @@
 //! - `sweep`: expiry of leases, waits and sessions;
 //! - [`testkit`]: a throwaway Postgres server for tests and benches.
 //!
-//! Limits: per-lock limits and `max_locks_per_session` and `max_sessions`
-//! are enforced; `max_locks` (locks in the whole table) is not, because
-//! counting every row on each new key would cost more than it protects.
+//! Limits: the per-lock limits and `max_sessions` are enforced as the core
+//! does; `max_locks_per_session` is enforced when set below its default
+//! (counting a session's keys is an index scan per acquire, not worth paying
+//! for a limit of 100,000); `max_locks` (locks in the whole table) is not
+//! enforced, because counting every row on each new key would cost more than
+//! it protects.
 
 mod backend;
 pub mod config;

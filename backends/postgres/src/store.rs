@@ -219,8 +219,13 @@ impl Store {
     ) -> Result<Option<Applied>, Retry> {
         let client = self.client().await.map_err(Retry::Fail)?;
         let extra: Vec<SessionId> = acting.session.into_iter().collect();
+        // Counting a session's other keys is a GIN scan per acquire; it is
+        // only worth it when the limit is set below its default.
         let count_others = match command {
-            Command::Acquire { .. } | Command::Steal { .. } => acting.session.is_some(),
+            Command::Acquire { .. } | Command::Steal { .. } => {
+                acting.session.is_some()
+                    && self.limits.max_locks_per_session < Limits::default().max_locks_per_session
+            }
             _ => false,
         };
         let how = LoadHow {
