@@ -75,6 +75,19 @@ pub trait Backend: Send + Sync + 'static {
         request_id: Option<RequestId>,
     ) -> Result<Response, Error>;
 
+    /// Applies the command at once, synchronously, if this backend can do so
+    /// without waiting (in-process stores); `None` otherwise (the default).
+    /// Same semantics as [`Backend::execute`]. The client tries it first: it
+    /// spares the boxed future of an async call on the hot path.
+    fn execute_now(
+        &self,
+        command: &Command,
+        request_id: Option<RequestId>,
+    ) -> Option<Result<Response, Error>> {
+        let _ = (command, request_id);
+        None
+    }
+
     /// Waits (up to about `max_wait`) for the outcome of `session`'s queued
     /// acquire of `key`, and returns as soon as it is known.
     ///
@@ -208,6 +221,14 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
 
     fn outcomes_are_certain(&self) -> bool {
         (**self).outcomes_are_certain()
+    }
+
+    fn execute_now(
+        &self,
+        command: &Command,
+        request_id: Option<RequestId>,
+    ) -> Option<Result<Response, Error>> {
+        (**self).execute_now(command, request_id)
     }
 
     async fn validate(&self, key: &LockKey, token: FencingToken) -> Result<HolderInfo, Error> {

@@ -71,9 +71,9 @@ impl Target {
         };
         let rid = self.sessions.request_id(&session);
         let mut pending = Pending {
-            sessions: self.sessions.clone(),
-            session: session.clone(),
-            key: self.key.clone(),
+            sessions: &self.sessions,
+            session: &session,
+            key: &self.key,
             // Without a request id there is nothing to resend (see below).
             state: PendingState::Sending(rid.map(|rid| (command.clone(), rid))),
         };
@@ -105,6 +105,7 @@ impl Target {
             }
         };
         pending.state = PendingState::Done;
+        drop(pending);
         Ok(LockGuard::new(
             self.sessions.clone(),
             session,
@@ -189,14 +190,15 @@ enum PendingState {
 
 /// Cancels the wait (and releases a grant that raced the cancel) when an
 /// acquire does not finish normally: dropped future, error while queued.
-struct Pending {
-    sessions: Arc<Sessions>,
-    session: Arc<Session>,
-    key: LockKey,
+/// Borrows, so the common path (granted) pays no reference counting.
+struct Pending<'a> {
+    sessions: &'a Arc<Sessions>,
+    session: &'a Arc<Session>,
+    key: &'a LockKey,
     state: PendingState,
 }
 
-impl Drop for Pending {
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
         if matches!(self.state, PendingState::Done) {
             return;

@@ -245,7 +245,16 @@ impl Sessions {
         command: Command,
     ) -> Result<Response, Error> {
         if self.certain || self.retries == 0 {
-            // Nothing to retry: no clone of the command.
+            // Nothing to retry: no clone of the command; and an in-process
+            // backend answers without an async call.
+            if matches!(command, Command::Acquire { .. } | Command::Steal { .. }) {
+                // A synchronous answer never yields: yield to the runtime's
+                // budget once per acquire, as a `tokio::sync::Mutex` would.
+                tokio::task::coop::consume_budget().await;
+            }
+            if let Some(r) = self.backend().execute_now(&command, request_id) {
+                return r;
+            }
             return self.backend().execute(command, request_id).await;
         }
         let mut attempt = 0;

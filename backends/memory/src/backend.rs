@@ -96,6 +96,17 @@ impl MemoryBackend {
         ));
     }
 
+    /// Applies a command now: the memory backend never waits.
+    fn apply(&self, command: &Command, request_id: Option<RequestId>) -> Result<Response, Error> {
+        self.start_timer();
+        let (outcome, wake) = self
+            .shared
+            .engine
+            .apply(self.shared.now(), command, request_id);
+        self.finish(wake);
+        Ok(outcome?)
+    }
+
     fn finish(&self, wake: Wake) {
         if wake.reschedule {
             self.shared.timer.notify_one();
@@ -151,13 +162,15 @@ impl Backend for MemoryBackend {
         if matches!(command, Command::Acquire { .. } | Command::Steal { .. }) {
             tokio::task::coop::consume_budget().await;
         }
-        self.start_timer();
-        let (outcome, wake) = self
-            .shared
-            .engine
-            .apply(self.shared.now(), &command, request_id);
-        self.finish(wake);
-        Ok(outcome?)
+        self.apply(&command, request_id)
+    }
+
+    fn execute_now(
+        &self,
+        command: &Command,
+        request_id: Option<RequestId>,
+    ) -> Option<Result<Response, Error>> {
+        Some(self.apply(command, request_id))
     }
 
     async fn wait(

@@ -310,17 +310,17 @@ impl Inner {
                     reason,
                     ..
                 } => self.settle(session, &key, WaitStatus::Ended(reason), wake),
-                Event::HoldLost { key, token, .. } => self.hold_ended(key, token, wake),
+                Event::HoldLost { key, token, .. } => self.hold_ended(&key, token, wake),
                 Event::SessionExpired { session } => self.session_gone(session, wake),
             }
         }
     }
 
-    fn hold_ended(&mut self, key: LockKey, token: FencingToken, wake: &mut Wake) {
+    fn hold_ended(&mut self, key: &LockKey, token: FencingToken, wake: &mut Wake) {
         if self.hold_watchers.is_empty() {
             return;
         }
-        if let Some(list) = self.hold_watchers.remove(&(key, token)) {
+        if let Some(list) = self.hold_watchers.remove(&(key.clone(), token)) {
             wake.wakers.extend(list.into_iter().map(|(_, w)| w));
         }
     }
@@ -368,7 +368,7 @@ impl Inner {
                 }
             }
             (Command::Release { key, token, .. }, Ok(Response::Released)) => {
-                self.hold_ended(key.clone(), *token, wake);
+                self.hold_ended(key, *token, wake);
             }
             (Command::CloseSession { session }, Ok(Response::SessionClosed)) => {
                 self.session_gone(*session, wake);
