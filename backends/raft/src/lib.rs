@@ -20,6 +20,8 @@ pub mod network;
 pub mod node;
 pub mod proposer;
 pub mod rt;
+#[cfg(madsim)]
+pub mod sim;
 pub mod state_machine;
 pub mod transport;
 pub mod types;

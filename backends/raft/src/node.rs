@@ -59,6 +59,9 @@ pub struct NodeConfig {
     pub election_max_ms: u64,
     /// Take a snapshot (and purge the log) after this many entries.
     pub snapshot_every: u64,
+    /// Entries kept in the log behind the latest snapshot, so that a lagging
+    /// follower can catch up from the log instead of a whole snapshot.
+    pub keep_logs_after_snapshot: u64,
     /// Most commands in one log entry.
     pub max_batch: usize,
     /// Most entries being replicated at once by the proposer.
@@ -77,6 +80,7 @@ impl NodeConfig {
             election_min_ms: 500,
             election_max_ms: 1000,
             snapshot_every: 20_000,
+            keep_logs_after_snapshot: 1000,
             max_batch: 1024,
             max_inflight: 2,
         }
@@ -89,7 +93,7 @@ impl NodeConfig {
             election_timeout_min: self.election_min_ms,
             election_timeout_max: self.election_max_ms,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: self.keep_logs_after_snapshot,
             install_snapshot_timeout: 2000,
             ..Default::default()
         };

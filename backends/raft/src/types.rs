@@ -54,6 +54,8 @@ impl std::fmt::Display for Request {
 
 #[cfg(not(madsim))]
 type Runtime = openraft::TokioRuntime;
+#[cfg(madsim)]
+type Runtime = crate::sim::MadsimRuntime;
 
 openraft::declare_raft_types!(
     /// Types of the fencelock Raft group.

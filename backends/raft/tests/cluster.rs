@@ -118,7 +118,7 @@ async fn sessions_survive_a_leaderless_gap_longer_than_their_ttl() {
         .unwrap();
     let b = cluster.backend();
     let key = LockKey::new("test", "grace").unwrap();
-    let s = open(&b, 1_000).await;
+    let s = open(&b, 2_000).await;
     let Ok(Response::Granted(g)) = b.execute(acquire(&key, s, None), Some(RequestId(1))).await
     else {
         panic!("not granted")
@@ -128,7 +128,7 @@ async fn sessions_survive_a_leaderless_gap_longer_than_their_ttl() {
     let other = (leader + 1) % 3;
     cluster.stop_node(leader).await;
     cluster.stop_node(other).await;
-    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
     cluster.restart_node(other).await.unwrap();
     cluster.restart_node(leader).await.unwrap();
     cluster.wait_ready().await.unwrap();
@@ -140,7 +140,7 @@ async fn sessions_survive_a_leaderless_gap_longer_than_their_ttl() {
     let info = b.describe_session(s).await.unwrap().expect("session kept");
     assert_eq!(info.holds, vec![(key.clone(), g.token)]);
     // Without keep-alives it still ends, one TTL later, and the lock with it.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
     assert!(b.describe_session(s).await.unwrap().is_none());
     assert!(matches!(
         b.validate(&key, g.token).await,
@@ -204,6 +204,7 @@ async fn a_wiped_follower_rejoins_from_a_snapshot() {
         3,
         |c| NodeConfig {
             snapshot_every: 50,
+            keep_logs_after_snapshot: 0,
             ..fast(c)
         },
         None,

@@ -37,6 +37,7 @@ impl Node {
             .arg(&self.dir)
             .args(["--heartbeat-ms", "50"])
             .args(["--snapshot-every", &snapshot_every.to_string()])
+            .args(["--keep-logs", "0"])
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(members) = init {

@@ -52,6 +52,9 @@ enum Cmd {
         /// Snapshot (and purge the log) after this many entries.
         #[arg(long, default_value_t = 20_000)]
         snapshot_every: u64,
+        /// Entries kept behind the latest snapshot for lagging followers.
+        #[arg(long, default_value_t = 1000)]
+        keep_logs: u64,
         /// Heartbeat interval in ms (election timeout is 5–10 heartbeats).
         #[arg(long, default_value_t = 100)]
         heartbeat_ms: u64,
@@ -138,6 +141,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             no_fsync,
             init,
             snapshot_every,
+            keep_logs,
             heartbeat_ms,
         } => {
             if id == 0 {
@@ -151,6 +155,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
                 NodeConfig::new(id, advertise.unwrap_or(listen.clone()), data_dir.clone());
             config.fsync = !no_fsync;
             config.snapshot_every = snapshot_every;
+            config.keep_logs_after_snapshot = keep_logs;
             config.heartbeat_ms = heartbeat_ms;
             config.election_min_ms = heartbeat_ms * 5;
             config.election_max_ms = heartbeat_ms * 10;
