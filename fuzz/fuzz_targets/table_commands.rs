@@ -16,7 +16,7 @@
 
 use fencelock_core::{
     Command, Event, FencingToken, Limits, LockError, LockKey, LockKind, Millis, Mode, RequestId,
-    Response, SessionId, Table, MAX_NAMESPACE_LEN, MAX_NAME_LEN,
+    Response, SessionId, Table, MAX_NAMESPACE_LEN, MAX_NAME_LEN, MAX_TIME,
 };
 use libfuzzer_sys::arbitrary::{Result as Decoded, Unstructured};
 use libfuzzer_sys::fuzz_target;
@@ -25,10 +25,6 @@ use std::collections::HashMap;
 type Outcome = Result<Response, LockError>;
 
 const MAX_STEPS: usize = 400;
-/// The driver's clock stays below this (146 million years of milliseconds):
-/// deadlines saturate at `u64::MAX`, and a clock *at* `u64::MAX` leaves no
-/// room for any lifetime at all, which no real driver reaches.
-const CLOCK_MAX: Millis = 1 << 62;
 const POOL: usize = 8;
 
 fuzz_target!(|data: &[u8]| {
@@ -62,8 +58,9 @@ struct Run {
     grants: Vec<(LockKey, SessionId, FencingToken)>,
     /// Highest token seen granted per lock (survives destroy and re-create).
     last_grant: HashMap<LockKey, u64>,
-    /// Request ids a session has used, with the command and the first result.
-    requests: HashMap<(SessionId, RequestId), (Command, Outcome)>,
+    /// Request ids used, per session (`None`: session-less commands, which
+    /// the table deduplicates table-wide), with the command and first result.
+    requests: HashMap<(Option<SessionId>, RequestId), (Command, Outcome)>,
     next_request: u64,
     log: Vec<(Call, Vec<Event>)>,
 }
@@ -113,9 +110,9 @@ impl Run {
             11..=12 => now.saturating_add(u.int_in_range(51..=20_000)?),
             13 => now.saturating_add(u64::from(u.arbitrary::<u32>()?) * 1_000),
             14 => now.saturating_sub(u.int_in_range(1..=100)?),
-            _ => now.saturating_add(u.arbitrary::<u64>()? >> u.int_in_range(2..=20)?),
-        }
-        .min(CLOCK_MAX);
+            // Up to u64::MAX: the core clamps its time at MAX_TIME.
+            _ => now.saturating_add(u.arbitrary::<u64>()? >> u.int_in_range(0..=20)?),
+        };
         Ok(self.clock)
     }
 
@@ -246,9 +243,9 @@ impl Run {
             0..=13 => {
                 let cmd = self.command(u)?;
                 let now = self.advance_clock(u)?;
-                let rid = match (cmd.session(), u.ratio(1, 3)?) {
-                    (Some(_), true) => Some(self.new_request_id(u)?),
-                    _ => None,
+                let rid = match u.ratio(1, 3)? {
+                    true => Some(self.new_request_id(u)?),
+                    false => None,
                 };
                 let split = u.ratio(1, 2)?;
                 self.fresh(now, rid, cmd, split);
@@ -287,9 +284,7 @@ impl Run {
     /// expiries are processed by a separate tick first, so the command itself
     /// can be checked for "rejected ⇒ nothing changed".
     fn fresh(&mut self, now: Millis, rid: Option<RequestId>, cmd: Command, split: bool) {
-        let reused = rid
-            .zip(cmd.session())
-            .and_then(|(r, s)| self.requests.get(&(s, r)).cloned());
+        let reused = rid.and_then(|r| self.requests.get(&(cmd.session(), r)).cloned());
         if let Some((first_cmd, first_outcome)) = reused {
             // The id was used before: never applied again.
             let outcome = self.apply_unchanged(now, rid, &cmd);
@@ -319,9 +314,10 @@ impl Run {
             );
         }
         self.saw_events(&events);
-        self.postconditions(now, &cmd, &outcome);
-        if let (Some(r), Some(s)) = (rid, cmd.session()) {
-            self.requests.insert((s, r), (cmd.clone(), outcome.clone()));
+        self.postconditions(&cmd, &outcome);
+        if let Some(r) = rid {
+            self.requests
+                .insert((cmd.session(), r), (cmd.clone(), outcome.clone()));
         }
         self.log.push((Call::Apply(now, rid, cmd, outcome), events));
         self.check(now);
@@ -350,8 +346,8 @@ impl Run {
         }
         let mut known: Vec<_> = self.requests.iter().collect();
         known.sort_by_key(|((s, r), _)| (*s, *r));
-        let ((session, rid), (cmd, _)) = u.choose(&known)?;
-        let (rid, _session, cmd) = (*rid, *session, cmd.clone());
+        let ((_, rid), (cmd, _)) = u.choose(&known)?;
+        let (rid, cmd) = (*rid, cmd.clone());
         let now = self.advance_clock(u)?;
         self.fresh(now, Some(rid), cmd, false);
         Ok(())
@@ -489,15 +485,18 @@ impl Run {
             panic!("invariant broken after step {}: {e}", self.log.len());
         }
         let now = self.table.now();
-        assert!(now >= clock, "table time {now} behind the driver's {clock}");
+        assert!(
+            now >= clock.min(MAX_TIME) && now <= MAX_TIME,
+            "table time {now} vs the driver's {clock}"
+        );
         if let Some(due) = self.table.next_deadline() {
             assert!(due > now, "deadline {due} left unprocessed at {now}");
         }
     }
 
     /// What a successful (or failed) fresh command must have done.
-    fn postconditions(&mut self, now: Millis, cmd: &Command, outcome: &Outcome) {
-        let now = now.max(self.table.now());
+    fn postconditions(&mut self, cmd: &Command, outcome: &Outcome) {
+        let now = self.table.now();
         if let Err(e) = outcome {
             let _ = (e.code(), e.to_string());
             assert!(!matches!(e, LockError::Timeout { .. }), "{cmd:?} → {e:?}");
@@ -507,7 +506,7 @@ impl Run {
         }
         match (cmd, outcome) {
             (Command::OpenSession { ttl_ms }, _) => {
-                let bad = *ttl_ms == 0 || *ttl_ms > self.limits.max_ttl_ms;
+                let bad = *ttl_ms == 0 || *ttl_ms > self.limits.max_ttl_ms.min(MAX_TIME);
                 match outcome {
                     Ok(Response::SessionOpened { session, .. }) => {
                         assert!(!bad, "opened a session with ttl {ttl_ms}");
