@@ -228,10 +228,10 @@ impl Sessions {
     /// Returns a borrowed session: it no longer holds or waits for `key`.
     pub fn checkin(&self, key: &LockKey, session: SessionId) {
         let mut pool = self.pool();
-        if let Entry::Occupied(mut e) = pool.busy.entry(key.clone()) {
-            if e.get_mut().remove(session) {
-                e.remove();
-            }
+        // Two probes rather than `entry`, which would clone the key (an
+        // atomic increment and decrement) on every release.
+        if pool.busy.get_mut(key).is_some_and(|b| b.remove(session)) {
+            pool.busy.remove(key);
         }
     }
 

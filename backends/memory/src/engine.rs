@@ -41,7 +41,11 @@ pub struct Wake {
 
 impl Wake {
     /// Wakes every collected waker.
+    #[inline]
     pub fn wake(self) {
+        if self.wakers.is_empty() {
+            return;
+        }
         for w in self.wakers {
             w.wake();
         }
@@ -109,12 +113,14 @@ impl Engine {
                 slot.status = None;
             }
         }
-        let mut events = std::mem::take(&mut inner.events);
         let outcome = inner
             .table
-            .apply_request(now, request_id, command, &mut events);
-        inner.dispatch(&mut events, &mut wake);
-        inner.events = events;
+            .apply_request(now, request_id, command, &mut inner.events);
+        if !inner.events.is_empty() {
+            let mut events = std::mem::take(&mut inner.events);
+            inner.dispatch(&mut events, &mut wake);
+            inner.events = events;
+        }
         inner.after_command(command, &outcome, &mut wake);
         inner.check_deadline(&mut wake);
         (outcome, wake)
