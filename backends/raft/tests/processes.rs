@@ -361,3 +361,57 @@ async fn wiped_follower_rejoins_from_a_snapshot() {
     assert!(rejoined.snapshot.is_some(), "{rejoined:?}");
     assert_eq!(rejoined.table_crc, status.table_crc);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_acknowledged_grant_survives_killing_the_whole_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    // Small snapshots, so recovery goes through a snapshot plus a log tail.
+    let mut nodes = start_cluster(dir.path(), 64);
+    let b = backend(&nodes).await;
+    let Ok(Response::SessionOpened { session, .. }) = b
+        .execute(Command::OpenSession { ttl_ms: 120_000 }, None)
+        .await
+    else {
+        panic!("open session")
+    };
+    let mut granted = Vec::new();
+    for i in 0..150u64 {
+        let key = LockKey::new("proc", &format!("durable{i}")).unwrap();
+        let acquire = Command::Acquire {
+            key: key.clone(),
+            session,
+            mode: Mode::Exclusive,
+            timeout_ms: Some(0),
+        };
+        match b.execute(acquire, Some(RequestId(i + 1))).await {
+            Ok(Response::Granted(g)) => granted.push((key, g.token)),
+            other => panic!("acquire {i}: {other:?}"),
+        }
+    }
+    for n in &mut nodes {
+        n.kill9();
+    }
+    for n in &mut nodes {
+        n.spawn(None, 64);
+    }
+    let b = backend(&nodes).await;
+    for (key, token) in &granted {
+        let held = b.validate(key, *token).await;
+        assert!(held.is_ok(), "{key}: {held:?}");
+    }
+    // A retried request id answers its first result after the restart (the
+    // session remembers its newest request ids; the last one is among them).
+    let (key, token) = &granted[149];
+    let retry = Command::Acquire {
+        key: key.clone(),
+        session,
+        mode: Mode::Exclusive,
+        timeout_ms: Some(0),
+    };
+    match b.execute(retry, Some(RequestId(150))).await {
+        Ok(Response::Granted(g)) => assert_eq!(g.token, *token),
+        other => panic!("retry: {other:?}"),
+    }
+    let status = converged(&admin(&nodes), &nodes).await;
+    assert_eq!(status.locks, 150);
+}
