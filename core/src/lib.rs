@@ -57,4 +57,7 @@ pub use session::SESSIONLESS_REQUEST_MEMORY;
 pub use snapshot::Snapshot;
 pub use table::Table;
 pub use types::{FencingToken, LockKind, Millis, Mode, RequestId, SessionId, MAX_TIME};
-pub use view::{check_open_session, KeyView, LockRecord, SessionRecord, WaitOutcome, WaitView};
+pub use view::{
+    check_open_session, KeyView, LockRecord, SessionRecord, WaitOutcome, WaitView,
+    KEY_SESSIONLESS_MEMORY,
+};

@@ -22,7 +22,7 @@ use crate::error::LockError;
 use crate::key::LockKey;
 use crate::limits::Limits;
 use crate::lock::LockState;
-use crate::session::{KeyIndex, Outcome, RequestMemory, Session};
+use crate::session::{KeyIndex, Outcome, RequestMemory, Session, SessionlessMemory};
 use crate::table::{Due, Table};
 use crate::types::{FencingToken, Millis, RequestId, SessionId};
 use serde::{Deserialize, Serialize};
@@ -39,9 +39,18 @@ pub struct LockRecord {
     now: Millis,
     /// Per-session request memory for commands on this key.
     requests: BTreeMap<SessionId, RequestMemory>,
+    /// Session-less requests (create, force release, destroy) on this key:
+    /// a retry reaches the same key, so it is deduplicated here (the newest
+    /// [`KEY_SESSIONLESS_MEMORY`]).
+    sessionless: SessionlessMemory,
     /// How each session's last wait for this key ended.
     outcomes: BTreeMap<SessionId, WaitOutcome>,
 }
+
+/// Session-less request results one key remembers. Smaller than the table's
+/// [`crate::SESSIONLESS_REQUEST_MEMORY`]: a store decodes the record on every
+/// command, and retries of one key's admin commands are few.
+pub const KEY_SESSIONLESS_MEMORY: usize = 32;
 
 /// How a queued acquire ended, remembered until the session's next acquire of
 /// the key or the session's end, so a late `wait` still learns it.
@@ -128,13 +137,17 @@ impl LockRecord {
         self.lock == other.lock
             && self.last_token == other.last_token
             && self.requests == other.requests
+            && self.sessionless == other.sessionless
             && self.outcomes == other.outcomes
     }
 
     /// Nothing worth keeping: no lock, no memory. A store need not write it
     /// (its `last_token` must then be covered by the store's token floor).
     pub fn is_empty(&self) -> bool {
-        self.lock.is_none() && self.requests.is_empty() && self.outcomes.is_empty()
+        self.lock.is_none()
+            && self.requests.is_empty()
+            && self.sessionless.results.is_empty()
+            && self.outcomes.is_empty()
     }
 }
 
@@ -163,6 +176,7 @@ impl KeyView {
         let mut table = Table::new(limits);
         table.now = record.now;
         table.last_token = record.last_token.max(token_floor);
+        table.sessionless = std::mem::take(&mut record.sessionless);
         for s in sessions {
             table.last_session = table.last_session.max(s.id.0);
             let requests = record.requests.remove(&s.id).unwrap_or_default();
@@ -318,6 +332,15 @@ impl KeyView {
                 .filter(|(_, s)| !s.requests.results.is_empty() || s.requests.forgotten_below > 0)
                 .map(|(id, s)| (*id, s.requests.clone()))
                 .collect(),
+            sessionless: {
+                let mut memory = self.table.sessionless.clone();
+                while memory.order.len() > KEY_SESSIONLESS_MEMORY {
+                    if let Some(old) = memory.order.pop_front() {
+                        memory.results.remove(&old);
+                    }
+                }
+                memory
+            },
             outcomes: self.outcomes.clone(),
         }
     }
@@ -607,8 +630,8 @@ mod tests {
                     Op::Release(i, t) => (Some(RequestId(100 + now)), Command::Release { key: key(), session: s(i), token: FencingToken(t) }),
                     Op::Extend(i, t) => (None, Command::Extend { key: key(), session: s(i), token: FencingToken(t) }),
                     Op::Steal(i) => (None, Command::Steal { key: key(), session: s(i) }),
-                    Op::ForceRelease => (None, Command::ForceRelease { key: key() }),
-                    Op::Destroy => (None, Command::Destroy { key: key() }),
+                    Op::ForceRelease => (Some(RequestId(7_000 + now)), Command::ForceRelease { key: key() }),
+                    Op::Destroy => (Some(RequestId(9_000 + now)), Command::Destroy { key: key() }),
                     Op::Tick => (None, Command::Tick),
                 };
                 if let Some(r) = rid { last = Some((r, cmd.clone())); }
