@@ -4,10 +4,13 @@
 
 use crate::command::{Command, Response};
 use crate::error::LockError;
-use crate::key::{FixedState, LockKey};
+use crate::key::LockKey;
 use crate::types::{Millis, RequestId};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
+
+mod index;
+pub(crate) use index::KeyIndex;
 
 pub(crate) type Outcome = Result<Response, LockError>;
 
@@ -28,13 +31,7 @@ impl Session {
     }
 }
 
-/// A session's index of locks (held → token, awaited → queue sequence). A
-/// hash map on the key's precomputed hash, because every acquire and release
-/// touches it; it has no order, so anything that reaches an output (events,
-/// `describe_session`) goes through [`sorted`].
-pub(crate) type KeyIndex = HashMap<LockKey, u64, FixedState>;
-
-/// The entries of an index in key order.
+/// The entries of an index in key order (it has none of its own).
 pub(crate) fn sorted(index: &KeyIndex) -> Vec<(&LockKey, u64)> {
     let mut entries: Vec<_> = index.iter().map(|(k, v)| (k, *v)).collect();
     entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
