@@ -236,3 +236,48 @@ async fn a_wiped_follower_rejoins_from_a_snapshot() {
     assert!(status.snapshot.is_some(), "the wiped node got a snapshot");
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_quorum_calls_end_unavailable_and_reads_never_go_stale() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(dir.path(), 3, fast, None)
+        .await
+        .unwrap();
+    let b = cluster.backend();
+    let key = LockKey::new("test", "quorum").unwrap();
+    let s = open(&b, 60_000).await;
+    let Ok(Response::Granted(g)) = b.execute(acquire(&key, s, None), Some(RequestId(1))).await
+    else {
+        panic!("not granted")
+    };
+    let leader = cluster.leader().unwrap();
+    let survivor = (leader + 1) % 3;
+    for i in 0..3 {
+        if i != survivor {
+            cluster.stop_node(i).await;
+        }
+    }
+    let impatient = cluster.backend_with(fencelock_raft::ClientConfig {
+        rpc_timeout: Duration::from_millis(500),
+        give_up_after: Duration::from_millis(1_500),
+    });
+    let started = std::time::Instant::now();
+    let read = impatient.validate(&key, g.token).await;
+    assert!(matches!(read, Err(Error::Unavailable { .. })), "{read:?}");
+    let write = impatient
+        .execute(Command::KeepAlive { session: s }, Some(RequestId(2)))
+        .await;
+    assert!(
+        matches!(
+            write,
+            Err(Error::Unavailable { .. } | Error::UnknownOutcome { .. })
+        ),
+        "{write:?}"
+    );
+    assert_eq!(
+        write.unwrap_err().code(),
+        fencelock::StatusCode::Unavailable
+    );
+    assert!(started.elapsed() < Duration::from_secs(15));
+    cluster.shutdown().await;
+}
