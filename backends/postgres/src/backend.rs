@@ -229,7 +229,9 @@ impl Backend for PgBackend {
     ) -> Result<Response, Error> {
         let store = &self.inner.store;
         let (key, acting) = match &command {
-            Command::OpenSession { ttl_ms } => return store.open_session(*ttl_ms).await,
+            Command::OpenSession { ttl_ms } => {
+                return store.open_session(*ttl_ms, request_id).await
+            }
             Command::KeepAlive { session } => return store.keep_alive(*session).await,
             Command::CloseSession { session } => {
                 let (response, changes) = store.close_session(*session).await?;

@@ -49,6 +49,14 @@ fn migrations(s: &str) -> Vec<String> {
              ttl_ms bigint NOT NULL,
              expires_at bigint NOT NULL);
          CREATE INDEX sessions_expiry ON {s}.sessions (expires_at);
+         -- Request ids of OpenSession, so a retry returns the first session.
+         CREATE TABLE {s}.session_requests (
+             request_id bigint PRIMARY KEY,
+             ttl_ms bigint NOT NULL,
+             session_id bigint NOT NULL,
+             expires_at bigint NOT NULL,
+             created_at bigint NOT NULL);
+         CREATE INDEX session_requests_age ON {s}.session_requests (created_at);
          CREATE TABLE {s}.locks (
              namespace text NOT NULL,
              name text NOT NULL,

@@ -12,22 +12,31 @@ use crate::notify::Change;
 use crate::store::{session_param, to_i64, Selection, Store};
 use fencelock::Error;
 use fencelock_core::{
-    check_open_session, Command, LockError, LockKey, Millis, Response, SessionId, SessionInfo,
+    check_open_session, Command, LockError, LockKey, Millis, RequestId, Response, SessionId,
+    SessionInfo,
 };
 use futures_util::future::try_join_all;
 use std::sync::Arc;
 use tokio_postgres::types::Type;
 
 impl Store {
-    pub async fn open_session(&self, ttl_ms: u64) -> Result<Response, Error> {
+    /// Opens a session. With a request id, a retry answers the first session
+    /// (ids are remembered for an hour; the core remembers the newest 4096).
+    pub async fn open_session(
+        &self,
+        ttl_ms: u64,
+        request_id: Option<RequestId>,
+    ) -> Result<Response, Error> {
         check_open_session(&self.limits, ttl_ms)?;
         let ttl = to_i64(ttl_ms, "ttl_ms")?;
         let max = i64::try_from(self.limits.max_sessions).unwrap_or(i64::MAX);
+        // Request ids are random 64-bit values: stored bit for bit.
+        let rid = request_id.map(|r| i64::from_ne_bytes(r.0.to_ne_bytes()));
         let client = self.client().await?;
         let rows = crate::pg::query(
             &client,
             &self.sql.open_session,
-            vec![(&ttl, Type::INT8), (&max, Type::INT8)],
+            vec![(&ttl, Type::INT8), (&max, Type::INT8), (&rid, Type::INT8)],
         )
         .await
         .map_err(db_error)?;
@@ -38,7 +47,18 @@ impl Store {
             }
             .into());
         };
-        let (id, expires_at): (i64, i64) = (row.get(0), row.get(1));
+        let (id, expires_at, first_ttl): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+        if first_ttl != ttl {
+            return Err(LockError::InvalidArgument {
+                field: "request_id".into(),
+                reason: format!(
+                    "{} was already used to open a session with ttl_ms {first_ttl}; \
+                     pick a fresh random id for every session-less request",
+                    request_id.map_or(0, |r| r.0)
+                ),
+            }
+            .into());
+        }
         Ok(Response::SessionOpened {
             session: SessionId(u64::try_from(id).map_err(corrupt)?),
             expires_at: u64::try_from(expires_at).map_err(corrupt)?,

@@ -28,6 +28,7 @@ pub(crate) struct Sql {
     pub next_deadline: String,
     pub purge_sessions: String,
     pub purge_tombstones: String,
+    pub purge_session_requests: String,
     pub session_row: String,
     pub keys_of_session: String,
     pub channel: String,
@@ -40,13 +41,24 @@ impl Sql {
             load: format!("SELECT * FROM {s}.load_key($1, $2, $3, $4, $5, $6)"),
             store: format!("SELECT {s}.store_key($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"),
             notify: "SELECT pg_notify($1, $2)".into(),
+            // $3: the request id (NULL: none). A known id answers its first
+            // session (and its TTL, to tell a reused id); else a new session,
+            // unless `max_sessions` ($2) live ones exist.
             open_session: format!(
                 "WITH c AS (SELECT {NOW_MS} AS now), \
+                 prior AS (SELECT session_id, expires_at, ttl_ms FROM {s}.session_requests \
+                           WHERE request_id = $3), \
                  live AS (SELECT count(*) AS n FROM (SELECT 1 FROM {s}.sessions, c \
-                          WHERE expires_at > c.now LIMIT $2) t) \
-                 INSERT INTO {s}.sessions (id, ttl_ms, expires_at) \
-                 SELECT nextval('{s}.session_ids'), $1, c.now + $1 FROM c, live WHERE live.n < $2 \
-                 RETURNING id, expires_at"
+                          WHERE expires_at > c.now LIMIT $2) t), \
+                 new AS (INSERT INTO {s}.sessions (id, ttl_ms, expires_at) \
+                         SELECT nextval('{s}.session_ids'), $1, c.now + $1 FROM c, live \
+                         WHERE live.n < $2 AND NOT EXISTS (SELECT 1 FROM prior) \
+                         RETURNING id, expires_at), \
+                 remembered AS (INSERT INTO {s}.session_requests \
+                         SELECT $3, $1, new.id, new.expires_at, c.now FROM new, c \
+                         WHERE $3 IS NOT NULL ON CONFLICT DO NOTHING) \
+                 SELECT session_id, expires_at, ttl_ms FROM prior \
+                 UNION ALL SELECT id, expires_at, $1 FROM new"
             ),
             keep_alive: format!(
                 "WITH c AS (SELECT {NOW_MS} AS now) \
@@ -92,6 +104,10 @@ impl Sql {
                  , floor AS (UPDATE {s}.meta SET token_floor = GREATEST(token_floor, \
                      (SELECT coalesce(max(last_token), 0) FROM gone))) \
                  SELECT count(*) FROM gone"
+            ),
+            purge_session_requests: format!(
+                "WITH gone AS (DELETE FROM {s}.session_requests \
+                     WHERE created_at <= {NOW_MS} - $1 RETURNING 1) SELECT count(*) FROM gone"
             ),
             session_row: format!(
                 "SELECT {NOW_MS}, ttl_ms, expires_at FROM {s}.sessions WHERE id = $1"

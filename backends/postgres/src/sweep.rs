@@ -65,7 +65,8 @@ pub(crate) async fn purge(store: &Store, keep: Retention) -> Result<(u64, u64), 
     let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
     let (grace, tombstones) = (ms(keep.session_grace), ms(keep.tombstone_ttl));
     let client = store.client().await?;
-    let (sessions, tombs) = tokio::try_join!(
+    let hour: i64 = 3_600_000;
+    let (sessions, tombs, _) = tokio::try_join!(
         crate::pg::query(
             &client,
             &store.sql.purge_sessions,
@@ -75,6 +76,11 @@ pub(crate) async fn purge(store: &Store, keep: Retention) -> Result<(u64, u64), 
             &client,
             &store.sql.purge_tombstones,
             vec![(&tombstones, Type::INT8)]
+        ),
+        crate::pg::query(
+            &client,
+            &store.sql.purge_session_requests,
+            vec![(&hour, Type::INT8)]
         ),
     )
     .map_err(crate::error::db_error)?;

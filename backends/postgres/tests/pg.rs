@@ -295,3 +295,59 @@ async fn conformance_through_pgbouncer_in_transaction_mode() {
         .unwrap_or_else(|f| panic!("through pgbouncer: {f}"));
     }
 }
+
+/// Session-less commands with a request id are applied once: a retried open
+/// returns the first session, a retried force release does not free the
+/// next holder.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retried_session_less_requests_are_applied_once() {
+    let b =
+        PgBackend::connect(PgConfig::new(shared_url()).with_schema(unique_schema("sessionless")))
+            .await
+            .unwrap();
+    let rid = fencelock::RequestId(0xfeed_f00d_dead_beef);
+    let open_cmd = Command::OpenSession { ttl_ms: 60_000 };
+    let first = b.execute(open_cmd.clone(), Some(rid)).await;
+    assert!(
+        matches!(first, Ok(Response::SessionOpened { .. })),
+        "{first:?}"
+    );
+    assert_eq!(
+        b.execute(open_cmd.clone(), Some(rid)).await,
+        first,
+        "a retry answers the first session"
+    );
+    let other = b
+        .execute(Command::OpenSession { ttl_ms: 5_000 }, Some(rid))
+        .await;
+    assert!(
+        matches!(&other, Err(Error::Lock(LockError::InvalidArgument { field, .. })) if field == "request_id"),
+        "{other:?}"
+    );
+    assert_ne!(
+        b.execute(open_cmd, None).await,
+        first,
+        "without an id, a new session"
+    );
+
+    let key = LockKey::new("sessionless", "k").unwrap();
+    let (a, c) = (open(&b).await, open(&b).await);
+    let Ok(Response::Granted(_)) = b.execute(acquire(&key, a, Some(0)), None).await else {
+        panic!("a")
+    };
+    let force = Command::ForceRelease { key: key.clone() };
+    let rid = fencelock::RequestId(42);
+    let first = b.execute(force.clone(), Some(rid)).await;
+    assert_eq!(first, Ok(Response::ForceReleased { holds: 1 }));
+    let Ok(Response::Granted(g)) = b.execute(acquire(&key, c, Some(0)), None).await else {
+        panic!("c")
+    };
+    assert_eq!(
+        b.execute(force, Some(rid)).await,
+        first,
+        "the retry answers the first result"
+    );
+    b.validate(&key, g.token)
+        .await
+        .expect("the next holder keeps the lock");
+}
