@@ -86,6 +86,17 @@ impl NodeConfig {
         }
     }
 
+    /// Heartbeats every 50 ms and elections after 300–600 ms: for loopback
+    /// clusters (tests, benches), where round trips take microseconds.
+    pub fn with_fast_elections(self) -> Self {
+        NodeConfig {
+            heartbeat_ms: 50,
+            election_min_ms: 300,
+            election_max_ms: 600,
+            ..self
+        }
+    }
+
     fn raft_config(&self) -> Result<openraft::Config, NodeError> {
         let config = openraft::Config {
             cluster_name: "fencelock".into(),

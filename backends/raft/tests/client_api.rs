@@ -11,19 +11,9 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guards_hand_off_and_notice_a_steal() {
     let dir = tempfile::tempdir().unwrap();
-    let cluster = LocalCluster::start(
-        dir.path(),
-        3,
-        |c| NodeConfig {
-            heartbeat_ms: 50,
-            election_min_ms: 300,
-            election_max_ms: 600,
-            ..c
-        },
-        None,
-    )
-    .await
-    .unwrap();
+    let cluster = LocalCluster::start(dir.path(), 3, NodeConfig::with_fast_elections, None)
+        .await
+        .unwrap();
     let alice = Client::connect(Arc::new(cluster.backend())).await.unwrap();
     let bob = Client::connect(Arc::new(cluster.backend())).await.unwrap();
 

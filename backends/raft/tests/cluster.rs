@@ -11,12 +11,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 fn fast(c: NodeConfig) -> NodeConfig {
-    NodeConfig {
-        heartbeat_ms: 50,
-        election_min_ms: 300,
-        election_max_ms: 600,
-        ..c
-    }
+    c.with_fast_elections()
 }
 
 async fn open(b: &impl Backend, ttl_ms: u64) -> fencelock::SessionId {

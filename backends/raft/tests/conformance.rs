@@ -9,12 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn fast(c: NodeConfig) -> NodeConfig {
-    NodeConfig {
-        heartbeat_ms: 50,
-        election_min_ms: 300,
-        election_max_ms: 600,
-        ..c
-    }
+    c.with_fast_elections()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
