@@ -67,6 +67,7 @@ fn migrations(s: &str) -> Vec<String> {
              deadline bigint,
              last_token bigint NOT NULL,
              updated_at bigint NOT NULL,
+             version bigint NOT NULL DEFAULT 0,
              PRIMARY KEY (namespace, name));
          CREATE INDEX locks_deadline ON {s}.locks (deadline) WHERE deadline IS NOT NULL;
          CREATE INDEX locks_active ON {s}.locks USING gin (active) WITH (fastupdate = off);
@@ -81,7 +82,7 @@ fn migrations(s: &str) -> Vec<String> {
          CREATE FUNCTION {s}.load_key(p_ns text, p_name text, p_extra bigint[],
                                       p_share bigint, p_lock boolean, p_count_for bigint)
          RETURNS TABLE (now bigint, token_floor bigint, record bytea, sid bigint[],
-                        sttl bigint[], sexp bigint[], others bigint)
+                        sttl bigint[], sexp bigint[], others bigint, version bigint)
          LANGUAGE plpgsql VOLATILE AS $fn$
          BEGIN
              IF p_share IS NOT NULL THEN
@@ -95,20 +96,30 @@ fn migrations(s: &str) -> Vec<String> {
                     {ids}, {ttls}, {expiries},
                     CASE WHEN p_count_for IS NULL THEN 0::bigint ELSE (
                         SELECT count(*) FROM {s}.locks o WHERE o.active @> ARRAY[p_count_for]
-                        AND NOT (o.namespace = p_ns AND o.name = p_name)) END
+                        AND NOT (o.namespace = p_ns AND o.name = p_name)) END,
+                    l.version
              FROM (VALUES (1)) AS one (x)
              LEFT JOIN {s}.locks l ON l.namespace = p_ns AND l.name = p_name;
          END $fn$;
 
-         -- Round trip 2: write the row back (insert for a new key: 0 rows
-         -- means another transaction created it first) and notify.
+         -- Round trip 2: write the row back and notify. A new key is an
+         -- insert (0 rows: another transaction created it first). With
+         -- p_expected, the update happens only if the row is still at that
+         -- version (0 rows: it changed since it was read; read again). With
+         -- p_share, the session row is share-locked first (-1: it is gone).
          CREATE FUNCTION {s}.store_key(p_ns text, p_name text, p_insert boolean, p_record bytea,
                                        p_live boolean, p_active bigint[], p_known bigint[],
                                        p_deadline bigint, p_last_token bigint, p_updated_at bigint,
-                                       p_notify text)
+                                       p_notify text, p_expected bigint, p_share bigint)
          RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$
          DECLARE n bigint;
          BEGIN
+             IF p_share IS NOT NULL THEN
+                 PERFORM 1 FROM {s}.sessions WHERE id = p_share FOR KEY SHARE;
+                 IF NOT FOUND THEN
+                     RETURN -1;
+                 END IF;
+             END IF;
              IF p_insert THEN
                  INSERT INTO {s}.locks (namespace, name, record, live, active, known,
                                         deadline, last_token, updated_at)
@@ -118,11 +129,12 @@ fn migrations(s: &str) -> Vec<String> {
              ELSE
                  UPDATE {s}.locks SET record = p_record, live = p_live, active = p_active,
                         known = p_known, deadline = p_deadline, last_token = p_last_token,
-                        updated_at = p_updated_at
-                 WHERE namespace = p_ns AND name = p_name;
+                        updated_at = p_updated_at, version = version + 1
+                 WHERE namespace = p_ns AND name = p_name
+                   AND (p_expected IS NULL OR version = p_expected);
              END IF;
              GET DIAGNOSTICS n = ROW_COUNT;
-             IF p_notify IS NOT NULL THEN
+             IF n = 1 AND p_notify IS NOT NULL THEN
                  PERFORM pg_notify('{channel}', p_notify);
              END IF;
              RETURN n;

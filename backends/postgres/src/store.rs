@@ -30,8 +30,10 @@ use std::sync::Arc;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Row};
 
-/// How often a transaction that lost an insert race is run again.
+/// How often a transaction that lost a race is run again.
 const MAX_ATTEMPTS: usize = 8;
+/// Attempts without a row lock before taking one.
+const OPTIMISTIC_ATTEMPTS: usize = 2;
 
 /// One key as loaded inside (or outside) a transaction.
 pub(crate) struct Loaded {
@@ -43,6 +45,8 @@ pub(crate) struct Loaded {
     /// Server clock when loaded.
     pub now: Millis,
     pub sessions: Vec<SessionRecord>,
+    /// The row's version when read (`None`: no row).
+    pub version: Option<i64>,
 }
 
 impl Loaded {
@@ -73,6 +77,10 @@ pub(crate) struct Write {
     deadline: Option<i64>,
     last_token: i64,
     updated_at: i64,
+    /// Only if the row is still at this version (optimistic writes).
+    expected: Option<i64>,
+    /// Share-lock this session's row first (the write may add it to the lock).
+    share: Option<i64>,
 }
 
 pub(crate) struct Store {
@@ -119,6 +127,7 @@ impl Store {
         let ids: Vec<i64> = row.try_get(3).map_err(get_err)?;
         let ttls: Vec<i64> = row.try_get(4).map_err(get_err)?;
         let expiries: Vec<i64> = row.try_get(5).map_err(get_err)?;
+        let version: Option<i64> = row.try_get(7).map_err(get_err)?;
         let before = bytes
             .as_deref()
             .map(LockRecord::from_bytes)
@@ -146,6 +155,7 @@ impl Store {
             view,
             now: to_u64(now, "clock")?,
             sessions,
+            version,
         })
     }
 
@@ -195,7 +205,13 @@ impl Store {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.try_apply_keyed(key, command, request_id, acting).await {
+            // Optimistic first (no lock held across a round trip); a key
+            // that keeps changing under us is then taken with a row lock.
+            let optimistic = attempt <= OPTIMISTIC_ATTEMPTS;
+            match self
+                .try_apply_keyed(key, command, request_id, acting, optimistic)
+                .await
+            {
                 Ok(Some(applied)) => return Ok(applied),
                 Ok(None) if attempt < MAX_ATTEMPTS => continue,
                 Ok(None) => {
@@ -209,13 +225,20 @@ impl Store {
         }
     }
 
-    /// `Ok(None)`: lost an insert race, nothing applied, run again.
+    /// `Ok(None)`: lost a race, nothing applied, run again.
+    ///
+    /// Optimistic: read without a transaction, apply, then write only if
+    /// the row is still at the version read (`BEGIN`, conditional write,
+    /// `COMMIT` in one round trip); a command that changes nothing needs no
+    /// second round trip. Pessimistic: `BEGIN` and `SELECT … FOR UPDATE`
+    /// first, so nobody can change the row in between.
     async fn try_apply_keyed(
         &self,
         key: &LockKey,
         command: &Command,
         request_id: Option<RequestId>,
         acting: Acting,
+        optimistic: bool,
     ) -> Result<Option<Applied>, Retry> {
         let client = self.client().await.map_err(Retry::Fail)?;
         let extra: Vec<SessionId> = acting.session.into_iter().collect();
@@ -228,19 +251,32 @@ impl Store {
             }
             _ => false,
         };
+        let share = acting.session.filter(|_| acting.share).map(session_param);
         let how = LoadHow {
-            share: acting.session.filter(|_| acting.share).map(session_param),
-            lock: true,
+            share: share.filter(|_| !optimistic),
+            lock: !optimistic,
             count_for: acting.session.filter(|_| count_others).map(session_param),
         };
-        // Round trip 1: BEGIN, then locks and load in one call.
-        let first = tokio::try_join!(
-            client.batch_execute("BEGIN"),
-            self.load(&client, key, &extra, how),
-        );
-        let row = match first {
-            Ok((_, row)) => row,
-            Err(e) => return Err(abort(client, e).await),
+        // Round trip 1: the load (pessimistic: after BEGIN, with the locks).
+        let row = if optimistic {
+            match self.load(&client, key, &extra, how).await {
+                Ok(row) => row,
+                Err(e) => return Err(classify(e)),
+            }
+        } else {
+            let first = tokio::try_join!(
+                client.batch_execute("BEGIN"),
+                self.load(&client, key, &extra, how),
+            );
+            match first {
+                Ok((_, row)) => row,
+                Err(e) => return Err(abort(client, e).await),
+            }
+        };
+        let end = |client: Object| async move {
+            if !optimistic {
+                rollback(client).await;
+            }
         };
         let others: i64 = row
             .as_ref()
@@ -249,7 +285,7 @@ impl Store {
         let mut loaded = match self.decode_load(key, row.as_ref()) {
             Ok(l) => l,
             Err(e) => {
-                rollback(client).await;
+                end(client).await;
                 return Err(Retry::Fail(e));
             }
         };
@@ -268,7 +304,7 @@ impl Store {
                 && involved(&loaded, session)
                 && others as u64 >= max
             {
-                rollback(client).await;
+                end(client).await;
                 return Ok(Some(Applied {
                     outcome: Err(fencelock_core::LockError::ResourceExhausted {
                         limit: "max_locks_per_session".into(),
@@ -282,21 +318,38 @@ impl Store {
         let write = match plan_write(&loaded) {
             Ok(w) => w,
             Err(e) => {
-                rollback(client).await;
+                end(client).await;
                 return Err(Retry::Fail(e));
             }
         };
+        let write = match (optimistic, write) {
+            // Nothing to write and no lock to release: done in one round trip.
+            (true, None) => {
+                return Ok(Some(Applied {
+                    outcome,
+                    change: None,
+                    loaded,
+                }))
+            }
+            (true, Some(mut w)) => {
+                w.expected = loaded.version;
+                w.share = share;
+                Some(w)
+            }
+            (false, w) => w,
+        };
         let change = Change::from_events(key, &events).map(Arc::new);
-        // Round trip 2: write, notify, commit.
-        let inserted = self
+        // Round trip 2: (BEGIN,) write, notify, commit.
+        let written = self
             .write_many_and_commit(
                 &client,
+                optimistic,
                 write.into_iter().collect(),
                 change.iter().map(|c| &**c).collect(),
                 None,
             )
             .await;
-        match inserted {
+        match written {
             Ok(true) => {
                 loaded.existed = true;
                 Ok(Some(Applied {
@@ -316,6 +369,7 @@ impl Store {
     pub(crate) async fn write_many_and_commit(
         &self,
         client: &Client,
+        begin: bool,
         writes: Vec<Write>,
         notify: Vec<&Change>,
         delete_session: Option<i64>,
@@ -339,6 +393,12 @@ impl Store {
             .map(|(_, p)| p)
             .collect();
         let result = tokio::try_join!(
+            async {
+                if begin {
+                    client.batch_execute("BEGIN").await?;
+                }
+                Ok(())
+            },
             try_join_all(writes.iter().enumerate().map(|(i, w)| self.write(
                 client,
                 w,
@@ -357,7 +417,7 @@ impl Store {
             client.batch_execute("COMMIT"),
         );
         match result {
-            Ok((counts, _, _, _)) => Ok(counts.iter().all(|n| *n == 1)),
+            Ok((_, counts, _, _, _)) => Ok(counts.iter().all(|n| *n == 1)),
             Err(e) if is_retryable(&e) => Err(Retry::Again(db_error(e))),
             Err(e) => Err(Retry::Fail(commit_error(e))),
         }
@@ -383,6 +443,8 @@ impl Store {
             (&w.last_token, Type::INT8),
             (&w.updated_at, Type::INT8),
             (&notify, Type::TEXT),
+            (&w.expected, Type::INT8),
+            (&w.share, Type::INT8),
         ];
         let rows = pg::query(client, &self.sql.store, params).await?;
         Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)))
@@ -414,6 +476,15 @@ pub(crate) enum Retry {
     Again(Error),
     /// Give up with this error.
     Fail(Error),
+}
+
+/// An error outside any transaction: nothing was applied.
+fn classify(e: tokio_postgres::Error) -> Retry {
+    if is_retryable(&e) {
+        Retry::Again(db_error(e))
+    } else {
+        Retry::Fail(db_error(e))
+    }
 }
 
 /// After an error in round trip 1: roll back and classify.
@@ -461,6 +532,8 @@ pub(crate) fn plan_write(loaded: &Loaded) -> Result<Option<Write>, Error> {
             .transpose()?,
         last_token: to_i64(record.last_token().0, "token")?,
         updated_at: to_i64(loaded.view.now(), "time")?,
+        expected: None,
+        share: None,
     }))
 }
 
@@ -591,7 +664,7 @@ impl Store {
         // Round trip 3: write, notify, delete the session, commit.
         let delete = delete_session.then_some(sid);
         match self
-            .write_many_and_commit(&client, writes, notify, delete)
+            .write_many_and_commit(&client, false, writes, notify, delete)
             .await?
         {
             true => {}
