@@ -149,9 +149,9 @@ pub struct History {
     /// interval widened by these.
     pub clock_behind: Millis,
     pub clock_ahead: Millis,
-    /// Leader changes (a fail-over grace may be applied in each): global-time
-    /// windows during which a new leader was elected.
-    pub elections: Vec<(Millis, Millis)>,
+    /// The fail-over graces new leaders applied (their stamped state times,
+    /// ascending): internal transitions the model must be able to take.
+    pub graces: Vec<Millis>,
     /// When the nemesis healed every fault (end of the fault phase).
     pub healed_at: Option<Millis>,
     /// Replica states at the end (after healing and catching up).

@@ -9,6 +9,11 @@
 //! on hand-made histories); the simulation itself is compiled only with
 //! `RUSTFLAGS="--cfg madsim"` (see the README).
 
+pub mod bugs;
 pub mod check;
 pub mod history;
+#[cfg(madsim)]
+pub mod runner;
 pub mod seeds;
+#[cfg(madsim)]
+pub mod world;

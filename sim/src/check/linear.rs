@@ -15,9 +15,15 @@
 //! `now` for each operation: responses that carry a time (a grant's
 //! `granted_at`, a queue deadline, a keep-alive's expiry) pin it; otherwise
 //! the checker tries the earliest state time the operation's interval allows
-//! and each expiry instant inside it (behaviour only changes at those). A
-//! new leader's fail-over grace ([`Table::grant_grace`]) may be applied
-//! during each recorded election.
+//! and each expiry instant inside it (behaviour only changes at those). The
+//! fail-over graces new leaders applied ([`Table::grant_grace`], recorded
+//! with their stamps) are internal transitions the model may take in order.
+//!
+//! # Search
+//! Depth first, trying the earliest-invoked operation first and generating
+//! successors lazily, with a memo of (linearized set, model state) pairs
+//! already explored (states are compared by a 128-bit hash of their
+//! canonical bytes).
 //!
 //! # Outcomes
 //! An operation with an unknown outcome may take effect at any point after
@@ -50,16 +56,7 @@ pub fn check(history: &History, max_states: usize) -> LinReport {
         let window = Windows {
             behind: history.clock_behind,
             ahead: history.clock_ahead,
-            elections: history
-                .elections
-                .iter()
-                .map(|&(a, b)| {
-                    (
-                        a.saturating_sub(history.clock_behind),
-                        b + history.clock_ahead,
-                    )
-                })
-                .collect(),
+            graces: history.graces.clone(),
         };
         match check_key(key, &ops, &window, max_states) {
             KeyResult::Linearizable => report.ops_checked += ops.len() as u64,
@@ -99,8 +96,8 @@ pub struct Windows {
     pub behind: Millis,
     /// Largest amount any node clock was ahead of global time.
     pub ahead: Millis,
-    /// State-time windows in which a fail-over grace may have been applied.
-    pub elections: Vec<(Millis, Millis)>,
+    /// Fail-over graces applied by new leaders (stamps, ascending).
+    pub graces: Vec<Millis>,
 }
 
 /// The verdict on one key.
@@ -136,17 +133,23 @@ impl Model {
         }
     }
 
-    /// Canonical bytes of the whole model state (the memo key).
-    fn fingerprint(&self) -> Vec<u8> {
-        let mut out = self.table.snapshot_bytes().unwrap_or_default();
+    /// A 128-bit hash of the canonical bytes of the whole model state (the memo key).
+    fn fingerprint(&self) -> u128 {
+        use std::hash::Hasher;
+        let mut bytes = self.table.snapshot_bytes().unwrap_or_default();
         let rest = (
             &self.sessions,
             &self.tokens,
             self.waits.iter().collect::<Vec<_>>(),
             self.graces,
         );
-        out.extend(postcard::to_allocvec(&rest).unwrap_or_default());
-        out
+        bytes.extend(postcard::to_allocvec(&rest).unwrap_or_default());
+        let mut a = std::collections::hash_map::DefaultHasher::new();
+        a.write(&bytes);
+        let mut b = std::collections::hash_map::DefaultHasher::new();
+        b.write_u8(0x5a);
+        b.write(&bytes);
+        (u128::from(a.finish()) << 64) | u128::from(b.finish())
     }
 
     fn real_to_model_token(&self, real: FencingToken) -> Option<FencingToken> {
@@ -298,24 +301,57 @@ pub fn check_key(key: &LockKey, ops: &[&Op], w: &Windows, max_states: usize) -> 
         .collect();
     let n = prepared.len();
     let must: usize = prepared.iter().filter(|p| p.op.complete.is_some()).count();
-    let mut seen: HashSet<(Vec<u64>, Vec<u8>)> = HashSet::new();
-    // Depth-first search; each frame holds the successors still to try.
+    if must == 0 {
+        return KeyResult::Linearizable;
+    }
+    let mut seen: HashSet<(Vec<u64>, u128)> = HashSet::new();
+    /// One node of the depth-first search; successors are made lazily.
     struct Frame {
         done: Vec<u64>,
         completed: usize,
-        next: Vec<(usize, Model)>,
+        model: Model,
+        /// Pending operations invoked after this cannot come next.
+        horizon: Millis,
+        /// Next operation index to try.
+        cursor: usize,
+        /// Models after the operation being tried, still to explore.
+        queue: Vec<(usize, Model)>,
     }
-    let start = Model::new();
-    let mut stack = vec![Frame {
-        done: vec![0; n.div_ceil(64)],
-        completed: 0,
-        next: successors(key, &prepared, &vec![0; n.div_ceil(64)], &start, w),
-    }];
-    let mut deepest = (0usize, 0usize);
+    let frame = |done: Vec<u64>, completed: usize, model: Model| {
+        let horizon = prepared
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !is_done(&done, *i))
+            .filter_map(|(_, p)| p.op.complete)
+            .min()
+            .unwrap_or(Millis::MAX);
+        Frame {
+            done,
+            completed,
+            model,
+            horizon,
+            cursor: 0,
+            queue: Vec::new(),
+        }
+    };
+    let mut stack = vec![frame(vec![0; n.div_ceil(64)], 0, Model::new())];
+    let mut deepest = 0usize;
     let mut states = 0usize;
     while let Some(top) = stack.last_mut() {
-        let Some((i, model)) = top.next.pop() else {
-            stack.pop();
+        let Some((i, model)) = top.queue.pop() else {
+            // Try the next operation that may come now.
+            let next = (top.cursor..n).find(|&i| !is_done(&top.done, i));
+            match next {
+                Some(i) if prepared[i].op.invoke <= top.horizon => {
+                    top.cursor = i + 1;
+                    let mut q = successors(key, &prepared[i], &top.model, w);
+                    q.reverse();
+                    top.queue = q.into_iter().map(|m| (i, m)).collect();
+                }
+                _ => {
+                    stack.pop();
+                }
+            }
             continue;
         };
         let mut done = top.done.clone();
@@ -331,29 +367,18 @@ pub fn check_key(key: &LockKey, ops: &[&Op], w: &Windows, max_states: usize) -> 
         if states > max_states {
             return KeyResult::Inconclusive;
         }
-        if completed > deepest.0 {
-            deepest = (completed, i);
-        }
-        let next = successors(key, &prepared, &done, &model, w);
-        stack.push(Frame {
-            done,
-            completed,
-            next,
-        });
-    }
-    if must == 0 {
-        return KeyResult::Linearizable;
+        deepest = deepest.max(completed);
+        stack.push(frame(done, completed, model));
     }
     // Explain with the first operation no order could account for.
     let stuck = (0..n)
         .filter(|&i| prepared[i].op.complete.is_some())
-        .nth(deepest.0)
+        .nth(deepest)
         .map(|i| describe(prepared[i].op))
         .unwrap_or_default();
     KeyResult::Violation(format!(
-        "{key}: no linearization of {n} operations; the longest valid prefix has {} completed \
-         operations, and nothing can follow it among operations such as: {stuck}",
-        deepest.0
+        "{key}: no linearization of {n} operations; the longest valid prefix has {deepest} \
+         completed operations, and nothing can follow it among operations such as: {stuck}"
     ))
 }
 
@@ -372,70 +397,50 @@ fn is_done(done: &[u64], i: usize) -> bool {
     done[i / 64] & (1 << (i % 64)) != 0
 }
 
-/// Every (operation, resulting model) that can come next.
-fn successors(
-    key: &LockKey,
-    ops: &[Prepared],
-    done: &[u64],
-    model: &Model,
-    w: &Windows,
-) -> Vec<(usize, Model)> {
-    // An operation can come next unless some pending operation completed
-    // before it was invoked.
-    let horizon = ops
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !is_done(done, *i))
-        .filter_map(|(_, p)| p.op.complete)
-        .min()
-        .unwrap_or(Millis::MAX);
+/// Every model `p` can lead to from `model` with the answer it really got.
+fn successors(key: &LockKey, p: &Prepared, model: &Model, w: &Windows) -> Vec<Model> {
     let mut out = Vec::new();
-    for (i, p) in ops.iter().enumerate() {
-        if is_done(done, i) {
-            continue;
-        }
-        if p.op.invoke > horizon {
-            break;
-        }
-        for base in with_graces(model, p, w) {
-            for now in time_candidates(&base, p) {
-                let mut m = base.clone();
-                if step(key, &mut m, p.op, now) {
-                    out.push((i, m));
-                }
+    for base in with_graces(model, p, w) {
+        for now in time_candidates(&base, p) {
+            let mut m = base.clone();
+            if step(key, &mut m, p, now) {
+                out.push(m);
             }
         }
     }
-    // Pop from the end: try the earliest operations first.
-    out.reverse();
     out
 }
 
-/// The model, and the model after each fail-over grace that may come first.
+/// The model, and the model after each recorded fail-over grace that may
+/// have come before `p` (in log order, each at its own stamp).
 fn with_graces(model: &Model, p: &Prepared, w: &Windows) -> Vec<Model> {
     let mut out = vec![model.clone()];
     let mut m = model.clone();
-    while let Some(&(a, b)) = w.elections.get(m.graces) {
-        if a > p.hi {
+    while let Some(&at) = w.graces.get(m.graces) {
+        if at > p.hi {
             break;
         }
         m.graces += 1;
-        // The grace came at some point of its window: try both ends.
-        let at_lo = a.max(m.table.now());
-        let at_hi = b.min(p.hi).max(at_lo);
-        for at in [at_lo, at_hi] {
-            let mut g = m.clone();
-            g.table.grant_grace(at);
-            out.push(g);
-        }
+        m.table.grant_grace(at);
         out.push(m.clone());
     }
     out
 }
 
 /// State times worth trying for `p` on `model`.
+///
+/// A write is stamped by the leader between its invocation and completion
+/// (clock offsets widen that), so its state time is the later of the stamp
+/// and the current state time. A read does not move state time: it sees the
+/// state as it is, possibly after expiries the leader ticked in the meantime
+/// (each deadline up to the read's completion is a candidate).
 fn time_candidates(model: &Model, p: &Prepared) -> Vec<Millis> {
-    let from = p.lo.max(model.table.now());
+    let is_read = !matches!(p.op.call, Call::Exec { .. });
+    let from = if is_read {
+        model.table.now()
+    } else {
+        p.lo.max(model.table.now())
+    };
     if let Some(pinned) = pinned_time(model, p.op) {
         return if pinned >= model.table.now() {
             vec![pinned]
@@ -506,7 +511,9 @@ fn pinned_time(model: &Model, op: &Op) -> Option<Millis> {
 }
 
 /// Applies `op` to `m` at `now`; true if the model's answer matches the real one.
-fn step(key: &LockKey, m: &mut Model, op: &Op, now: Millis) -> bool {
+fn step(key: &LockKey, m: &mut Model, p: &Prepared, now: Millis) -> bool {
+    let op = p.op;
+    let (read_lo, read_hi) = (p.lo, p.hi);
     let mut events = Vec::new();
     match &op.call {
         Call::Exec {
@@ -537,10 +544,12 @@ fn step(key: &LockKey, m: &mut Model, op: &Op, now: Millis) -> bool {
                 return matches!(op.ret, Ret::Unknown);
             };
             match m.real_to_model_token(*token) {
-                Some(t) => {
-                    let got = m.table.validate(now, key, t).map(|_| ());
+                // The node checks expiry at its own clock's reading, some
+                // time within the read's interval.
+                Some(t) => [read_lo, read_hi].iter().any(|&at| {
+                    let got = m.table.validate(at, key, t).map(|_| ());
                     same_error_kind(real, &got)
-                }
+                }),
                 // A token the checker never saw granted can only be invalid.
                 None => real.is_err(),
             }
