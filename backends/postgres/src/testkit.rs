@@ -279,13 +279,19 @@ fn spawn_watchdog(cluster: &TempCluster) {
     } else {
         ""
     };
-    let script = format!(
-        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; \
-         {as_user}'{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
-        pid = std::process::id(),
+    when_we_exit(&format!(
+        "{as_user}'{pg_ctl}' -D '{data}' -m immediate stop >/dev/null 2>&1; rm -rf '{dir}'",
         pg_ctl = pg_ctl.display(),
         data = cluster.data_dir().display(),
         dir = cluster.dir.display(),
+    ));
+}
+
+/// Runs the shell `cleanup` in a detached process once this process has exited.
+fn when_we_exit(cleanup: &str) {
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 1; done; {cleanup}",
+        pid = std::process::id()
     );
     let _ = Command::new("setsid")
         .args(["sh", "-c", &script])
@@ -366,18 +372,11 @@ impl TempBouncer {
             .spawn()?;
         let bouncer = TempBouncer { dir, port, child };
         // If this process dies without dropping it, stop it anyway.
-        let script = format!(
-            "while kill -0 {me} 2>/dev/null; do sleep 1; done; kill {it} 2>/dev/null; rm -rf '{dir}'",
-            me = std::process::id(),
+        when_we_exit(&format!(
+            "kill {it} 2>/dev/null; rm -rf '{dir}'",
             it = bouncer.child.id(),
             dir = bouncer.dir.display(),
-        );
-        let _ = Command::new("setsid")
-            .args(["sh", "-c", &script])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn();
+        ));
         // Ready when it accepts connections.
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
