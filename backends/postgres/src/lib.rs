@@ -5,8 +5,9 @@
 //! team that already runs Postgres, without another service.
 //!
 //! Every command runs the core state machine ([`fencelock_core::KeyView`]) on
-//! the affected key's row inside one transaction (`SELECT … FOR UPDATE`,
-//! apply, write back), on the Postgres server's clock. Nothing lives in the
+//! the affected key's row and writes it back in one transaction (optimistic:
+//! the write happens only if the row is unchanged since it was read; after two
+//! lost races, `SELECT … FOR UPDATE` first), on the Postgres server's clock. Nothing lives in the
 //! Postgres session between transactions, so it works through pgbouncer in
 //! transaction mode. Waiters are woken by LISTEN/NOTIFY with a timed re-check;
 //! expiries are swept by every live client process (`FOR UPDATE SKIP
@@ -15,6 +16,9 @@
 //! - [`config`]: the URL, schema name, pool size, intervals and limits;
 //! - `schema`: versioned migrations run on start under an advisory lock;
 //! - `store`: the transaction per command (two round trips);
+//!
+//! The crate's `README.md` has the design, the round trips per operation and
+//! how to point the client at Postgres (also through pgbouncer).
 //! - `session`: open, keep-alive, close, describe a session;
 //! - `notify`: LISTEN/NOTIFY and local wake-ups;
 //! - `sweep`: expiry of leases, waits and sessions;

@@ -1,19 +1,22 @@
 //! Running the core on one key (or a few) inside one Postgres transaction.
 //!
-//! A keyed command is two round trips, each a pipeline of statements:
+//! A keyed command is two round trips, each one pipeline:
 //!
-//! 1. `BEGIN`; `SELECT … FOR KEY SHARE` on the caller's session row (only for
-//!    `acquire`/`steal`, so a concurrent close cannot miss the new hold);
-//!    `SELECT … FOR UPDATE` on the lock's row; one `load` statement reading the
-//!    server clock, the token floor, the record and the rows of every session
-//!    the record mentions.
-//! 2. The core applies the command to a [`KeyView`]; then `UPDATE` (or
-//!    `INSERT … ON CONFLICT DO NOTHING` for a new key), `pg_notify` if other
-//!    clients are affected, and `COMMIT`.
+//! 1. `load_key` (see `schema.rs`): the server clock, the token floor, the
+//!    record, its version and the rows of every session it mentions, in one
+//!    statement and one snapshot.
+//! 2. The core applies the command to a [`KeyView`]; then `BEGIN`,
+//!    `store_key` (share-lock the caller's session row for acquire/steal, so
+//!    a concurrent close cannot miss the new hold; update only if the row is
+//!    still at the version read, or insert a new key; `pg_notify` if others
+//!    are affected), `COMMIT`. A command that changes nothing stops after 1.
 //!
+//! Optimistic, so no row lock is held across a round trip. A write that finds
+//! the row changed (or loses the race to create it) commits nothing and the
+//! command runs again; after two such losses it runs pessimistically: `BEGIN`
+//! and `SELECT … FOR UPDATE` in round trip 1, the write in round trip 2.
 //! A failed statement aborts the transaction, so a failed command leaves
-//! nothing behind. Two creators of the same new key race on the insert; the
-//! loser's transaction commits nothing and runs again.
+//! nothing behind.
 
 use crate::error::{commit_error, corrupt, db_error, is_retryable, pool_error};
 use crate::notify::Change;
