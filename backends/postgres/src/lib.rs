@@ -7,22 +7,22 @@
 //! Every command runs the core state machine ([`fencelock_core::KeyView`]) on
 //! the affected key's row and writes it back in one transaction (optimistic:
 //! the write happens only if the row is unchanged since it was read; after two
-//! lost races, `SELECT … FOR UPDATE` first), on the Postgres server's clock. Nothing lives in the
-//! Postgres session between transactions, so it works through pgbouncer in
-//! transaction mode. Waiters are woken by LISTEN/NOTIFY with a timed re-check;
+//! lost races, `SELECT … FOR UPDATE` first), on the Postgres server's clock.
+//! Nothing lives in the Postgres session between transactions, so it works
+//! through pgbouncer in transaction mode. Waiters are woken by LISTEN/NOTIFY with a timed re-check;
 //! expiries are swept by every live client process (`FOR UPDATE SKIP
 //! LOCKED`). See the modules for each part:
 //!
 //! - [`config`]: the URL, schema name, pool size, intervals and limits;
 //! - `schema`: versioned migrations run on start under an advisory lock;
 //! - `store`: the transaction per command (two round trips);
-//!
-//! The crate's `README.md` has the design, the round trips per operation and
-//! how to point the client at Postgres (also through pgbouncer).
 //! - `session`: open, keep-alive, close, describe a session;
 //! - `notify`: LISTEN/NOTIFY and local wake-ups;
 //! - `sweep`: expiry of leases, waits and sessions;
 //! - [`testkit`]: a throwaway Postgres server for tests and benches.
+//!
+//! The crate's `README.md` has the design, the round trips per operation and
+//! how to point the client at Postgres (also through pgbouncer).
 //!
 //! Limits: the per-lock limits and `max_sessions` are enforced as the core
 //! does; `max_locks_per_session` is enforced when set below its default
