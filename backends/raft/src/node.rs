@@ -64,7 +64,11 @@ pub struct NodeConfig {
     pub keep_logs_after_snapshot: u64,
     /// Most commands in one log entry.
     pub max_batch: usize,
-    /// Most entries being replicated at once by the proposer.
+    /// Most entries being replicated at once by the proposer. 1 is best with
+    /// openraft 0.9, which flushes one append at a time: commands that arrive
+    /// while an entry is in flight then all share the next entry (measured:
+    /// 16 clients on 3 nodes, ~2,100 pairs/s with 1, ~1,700 with 2, far fewer
+    /// with 8).
     pub max_inflight: usize,
 }
 
@@ -82,7 +86,7 @@ impl NodeConfig {
             snapshot_every: 20_000,
             keep_logs_after_snapshot: 1000,
             max_batch: 1024,
-            max_inflight: 2,
+            max_inflight: 1,
         }
     }
 
