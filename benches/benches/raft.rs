@@ -145,6 +145,23 @@ fn verdict(value: f64, etcd: f64, factor: f64) -> String {
     )
 }
 
+/// Median wall time of one small append + `fdatasync` in `dir`: the floor of
+/// every commit, printed so the table can be read against this disk.
+fn fdatasync_ms(dir: &std::path::Path) -> f64 {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("calibrate")).unwrap();
+    let mut times: Vec<f64> = (0..200)
+        .map(|_| {
+            let start = Instant::now();
+            f.write_all(&[7u8; 200]).unwrap();
+            f.sync_data().unwrap();
+            start.elapsed().as_secs_f64() * 1e3
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
 fn main() {
     let secs: f64 = std::env::var("FENCELOCK_BENCH_SECS")
         .ok()
@@ -158,6 +175,11 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
+    let calib = tempfile::tempdir().unwrap();
+    println!(
+        "append + fdatasync on this disk: median {:.2} ms (the floor of every commit)\n",
+        fdatasync_ms(calib.path())
+    );
     println!("| cluster | workload | result | latency p50 / p99 | target |");
     println!("|---|---|---|---|---|");
     rt.block_on(async {
