@@ -5,11 +5,12 @@
 //! 1. `load_key` (see `schema.rs`): the server clock, the token floor, the
 //!    record, its version and the rows of every session it mentions, in one
 //!    statement and one snapshot.
-//! 2. The core applies the command to a [`KeyView`]; then `BEGIN`,
-//!    `store_key` (share-lock the caller's session row for acquire/steal, so
-//!    a concurrent close cannot miss the new hold; update only if the row is
-//!    still at the version read, or insert a new key; `pg_notify` if others
-//!    are affected), `COMMIT`. A command that changes nothing stops after 1.
+//! 2. The core applies the command to a [`KeyView`]; then one `store_key`
+//!    call, a transaction of its own (share-lock the caller's session row
+//!    for acquire/steal, so a concurrent close cannot miss the new hold;
+//!    update only if the row is still at the version read, or insert a new
+//!    key; `pg_notify` if others are affected). A command that changes
+//!    nothing stops after 1.
 //!
 //! Optimistic, so no row lock is held across a round trip. A write that finds
 //! the row changed (or loses the race to create it) commits nothing and the
@@ -342,16 +343,29 @@ impl Store {
             (false, w) => w,
         };
         let change = Change::from_events(key, &events).map(Arc::new);
-        // Round trip 2: (BEGIN,) write, notify, commit.
-        let written = self
-            .write_many_and_commit(
-                &client,
-                optimistic,
-                write.into_iter().collect(),
-                change.iter().map(|c| &**c).collect(),
-                None,
-            )
-            .await;
+        // Round trip 2. Optimistic: one `store_key` call, which is a
+        // transaction of its own (share lock, conditional write, notify);
+        // pessimistic: write, notify, COMMIT of the transaction begun above.
+        let written = match (optimistic, &write) {
+            (true, Some(w)) => {
+                let payload = change.as_deref().map(crate::notify::payload);
+                match self.write(&client, w, payload.as_deref()).await {
+                    Ok(n) => Ok(n == 1),
+                    Err(e) if is_retryable(&e) => Err(Retry::Again(db_error(e))),
+                    Err(e) => Err(Retry::Fail(commit_error(e))),
+                }
+            }
+            _ => {
+                self.write_many_and_commit(
+                    &client,
+                    optimistic,
+                    write.into_iter().collect(),
+                    change.iter().map(|c| &**c).collect(),
+                    None,
+                )
+                .await
+            }
+        };
         match written {
             Ok(true) => {
                 loaded.existed = true;
