@@ -140,6 +140,8 @@ struct Inner {
     clock: Arc<dyn Clock>,
     /// The term whose grace entry this node has applied as leader.
     graced: watch::Sender<u64>,
+    /// How recent a quorum's acknowledgement must be to skip a read barrier.
+    quorum_fresh_ms: u64,
 }
 
 /// A running lock node. Clones share it.
@@ -193,6 +195,7 @@ impl LockNode {
                 proposer,
                 clock,
                 graced: watch::channel(0).0,
+                quorum_fresh_ms: config.election_min_ms,
             }),
         };
         crate::rt::spawn(grace_loop(node.clone()));
@@ -314,10 +317,17 @@ impl LockNode {
         // negative answer (not waiting, session gone) might only mean that this
         // new leader has not applied the entry that queued the wait yet, so it
         // is given only after a linearizable barrier.
+        // Without a barrier this leader must at least have heard from a
+        // quorum recently: one cut off from it keeps believing it leads, and
+        // would answer "still waiting" forever while a new leader grants.
         self.ready().await?;
+        let mut confirmed = false;
+        if !self.quorum_is_fresh() {
+            self.linearizable().await?;
+            confirmed = true;
+        }
         let give_up = Instant::now() + Duration::from_millis(max_wait_ms).min(MAX_POLL);
         let mut progress = self.inner.shared.subscribe();
-        let mut confirmed = false;
         loop {
             progress.borrow_and_update();
             let state = self.inner.shared.replica().wait_state(session, &key);
@@ -394,6 +404,13 @@ impl LockNode {
                 _ = crate::rt::sleep_until(give_up) => {}
             }
         }
+    }
+
+    /// True when a quorum acknowledged this leader within an election timeout.
+    fn quorum_is_fresh(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let ack = m.borrow().millis_since_quorum_ack;
+        ack.is_some_and(|ms| ms <= self.inner.quorum_fresh_ms)
     }
 
     /// Confirms leadership with a quorum (read index) and waits until the

@@ -276,3 +276,39 @@ async fn without_a_quorum_calls_end_unavailable_and_reads_never_go_stale() {
     assert!(started.elapsed() < Duration::from_secs(15));
     cluster.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_cut_off_from_its_quorum_stops_answering_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cluster = LocalCluster::start(dir.path(), 3, fast, None)
+        .await
+        .unwrap();
+    let b = cluster.backend();
+    let key = LockKey::new("test", "cut-off").unwrap();
+    let (alice, bob) = (open(&b, 60_000).await, open(&b, 60_000).await);
+    b.execute(acquire(&key, alice, None), Some(RequestId(1)))
+        .await
+        .unwrap();
+    b.execute(acquire(&key, bob, Some(60_000)), Some(RequestId(1)))
+        .await
+        .unwrap();
+    // Both followers go away; the old leader still believes it leads. It must
+    // not keep telling bob "still waiting" from state that may be stale.
+    let leader = cluster.leader().unwrap();
+    for i in 0..3 {
+        if i != leader {
+            cluster.stop_node(i).await;
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let impatient = cluster.backend_with(fencelock_raft::ClientConfig {
+        rpc_timeout: Duration::from_millis(500),
+        give_up_after: Duration::from_millis(1_500),
+    });
+    let answer = impatient.wait(&key, bob, Duration::from_millis(200)).await;
+    assert!(
+        matches!(answer, Err(Error::Unavailable { .. })),
+        "{answer:?}"
+    );
+    cluster.shutdown().await;
+}
