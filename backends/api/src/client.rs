@@ -254,7 +254,11 @@ impl Client {
         let command = Command::ForceRelease {
             key: LockKey::new(ns, name)?,
         };
-        match self.sessions().retry(None, command).await? {
+        match self
+            .sessions()
+            .retry(self.sessions().sessionless_request_id(), command)
+            .await?
+        {
             Response::ForceReleased { holds } => Ok(holds),
             other => Err(unexpected("force_release", &other)),
         }
@@ -265,7 +269,11 @@ impl Client {
         let command = Command::Destroy {
             key: LockKey::new(ns, name)?,
         };
-        match self.sessions().retry(None, command).await? {
+        match self
+            .sessions()
+            .retry(self.sessions().sessionless_request_id(), command)
+            .await?
+        {
             Response::Destroyed => Ok(()),
             other => Err(unexpected("destroy", &other)),
         }

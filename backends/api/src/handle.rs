@@ -49,7 +49,11 @@ impl Target {
             kind: self.kind,
             ttl_ms: Some(millis(lease)),
         };
-        match self.sessions.retry(None, command).await? {
+        match self
+            .sessions
+            .retry(self.sessions.sessionless_request_id(), command)
+            .await?
+        {
             Response::LockCreated { .. } => {
                 self.created.store(true, Ordering::Release);
                 Ok(())

@@ -130,6 +130,9 @@ pub(crate) struct Sessions {
     pub ttl: Duration,
     pub retries: u32,
     pool: Mutex<Pool>,
+    /// Counter for request ids of session-less commands (create, force
+    /// release, destroy).
+    sessionless: AtomicU64,
 }
 
 impl Sessions {
@@ -140,6 +143,7 @@ impl Sessions {
             ttl,
             retries,
             pool: Mutex::new(Pool::default()),
+            sessionless: AtomicU64::new(1),
         }
     }
 
@@ -154,6 +158,22 @@ impl Sessions {
     /// retried, and the core's request memory is skipped).
     pub fn request_id(&self, session: &Session) -> Option<RequestId> {
         (!self.certain).then(|| session.request_id())
+    }
+
+    /// A request id for a command that names no session (create, force
+    /// release, destroy), so that a retry after an unknown outcome is applied
+    /// once: the core remembers these table-wide, so the id must be unique
+    /// across clients. It is built from one of this client's session ids (unique
+    /// in the store) and a counter; no randomness, so simulations stay
+    /// deterministic. `None` when the backend needs no ids, or before the
+    /// client has a session.
+    pub fn sessionless_request_id(&self) -> Option<RequestId> {
+        if self.certain {
+            return None;
+        }
+        let owner = self.pool().sessions.first().map(|s| s.id.0)?;
+        let n = self.sessionless.fetch_add(1, Ordering::Relaxed);
+        Some(RequestId((owner << 32) | (n & 0xffff_ffff)))
     }
 
     fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {

@@ -130,3 +130,41 @@ async fn a_dropped_acquire_with_an_unknown_outcome_leaks_nothing() {
     }
     assert!(backend.lost.load(Ordering::Relaxed) > 5);
 }
+
+/// A force release whose reply is lost is retried with the same (session-less)
+/// request id: the core answers the first result instead of force-releasing
+/// again, which would free the waiter that the first attempt just granted.
+#[tokio::test(start_paused = true)]
+async fn a_retried_force_release_does_not_free_the_next_holder() {
+    let inner = MemoryBackend::new();
+    let backend = Arc::new(LosesReplies {
+        inner: inner.clone(),
+        calls: AtomicU64::new(1),
+        lost: AtomicU64::new(0),
+    });
+    let admin = Client::connect(backend.clone()).await.unwrap();
+    let holder = Client::connect(inner.clone()).await.unwrap();
+    let waiter = Client::connect(inner.clone()).await.unwrap();
+    let first = holder.lock("ns", "admin").unwrap().acquire().await.unwrap();
+    let queued = {
+        let lock = waiter.lock("ns", "admin").unwrap();
+        tokio::spawn(async move { lock.acquire().await })
+    };
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // The next call with a request id loses its reply after applying.
+    backend.calls.store(0, Ordering::Relaxed);
+    assert_eq!(admin.force_release("ns", "admin").await.unwrap(), 1);
+    assert_eq!(
+        backend.lost.load(Ordering::Relaxed),
+        1,
+        "the reply was lost"
+    );
+    let second = queued.await.unwrap().unwrap();
+    assert!(second.token() > first.token());
+    second
+        .validate()
+        .await
+        .expect("the retry must not force-release the new holder");
+    assert!(first.validate().await.is_err());
+    inner.check_invariants().unwrap();
+}
