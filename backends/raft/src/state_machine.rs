@@ -83,11 +83,23 @@ impl Replica {
                         self.waits.record(&events);
                         events.clear();
                         match (&outcome, &c.command) {
+                            // A retried acquire returns its first answer
+                            // (`Queued`) even when that wait has ended since:
+                            // keep the book's outcome unless a wait is really
+                            // pending now (found by the simulator, seed 11).
                             (
                                 Ok(Response::Queued { .. }),
                                 Command::Acquire { key, session, .. },
-                            )
-                            | (Ok(Response::Released), Command::Release { key, session, .. }) => {
+                            ) => {
+                                let pending = self
+                                    .table
+                                    .describe_session(*session)
+                                    .is_some_and(|s| s.waits.contains(key));
+                                if pending {
+                                    self.waits.forget(*session, key)
+                                }
+                            }
+                            (Ok(Response::Released), Command::Release { key, session, .. }) => {
                                 self.waits.forget(*session, key)
                             }
                             (Ok(Response::SessionClosed), Command::CloseSession { session }) => {
