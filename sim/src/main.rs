@@ -104,7 +104,7 @@ fn run(_args: Args, raw: &[String]) -> ExitCode {
         .current_dir(&root)
         .args(["run", "-q", "-p", "fencelock-sim", "--release", "--"])
         .args(raw)
-        .env("RUSTFLAGS", "--cfg madsim")
+        .env("RUSTFLAGS", "--cfg madsim --cfg tokio_unstable")
         .env("CARGO_TARGET_DIR", &target)
         .status();
     match status {
@@ -130,9 +130,7 @@ fn run(args: Args, _raw: &[String]) -> ExitCode {
         let mut ok = true;
         for seed in args.seeds.clone() {
             match fencelock_sim::world::check_determinism(seed, &options) {
-                Ok(()) => println!(
-                    "seed {seed}: deterministic (madsim's rng log and the whole history agree)"
-                ),
+                Ok(()) => println!("seed {seed}: deterministic (two runs recorded the same trace)"),
                 Err(e) => {
                     println!("seed {seed}: NOT deterministic: {e}");
                     ok = false;
@@ -166,6 +164,9 @@ fn run(args: Args, _raw: &[String]) -> ExitCode {
             outcome.seed,
             explain(&outcome, &options)
         );
+        if args.verbose {
+            explain_linearizability(&outcome.history);
+        }
         return ExitCode::FAILURE;
     }
     let summary = run_many(args.seeds.clone(), &options, args.jobs, &|o| {
@@ -178,5 +179,47 @@ fn run(args: Args, _raw: &[String]) -> ExitCode {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// Prints, for each key that is not linearizable, the end of the shortest
+/// failing prefix of its history.
+#[cfg(madsim)]
+fn explain_linearizability(history: &fencelock_sim::history::History) {
+    use fencelock_sim::check::linear::{
+        check_key, ops_of_key, shortest_failing_prefix, KeyResult, Windows,
+    };
+    let keys: std::collections::BTreeSet<_> = history.ops.iter().filter_map(|o| o.key()).collect();
+    let w = Windows {
+        behind: history.clock_behind,
+        ahead: history.clock_ahead,
+        graces: history.graces.clone(),
+    };
+    for key in keys {
+        if !matches!(
+            check_key(key, &ops_of_key(history, key), &w, 200_000),
+            KeyResult::Violation(_)
+        ) {
+            continue;
+        }
+        let prefix = shortest_failing_prefix(history, key, 200_000);
+        println!(
+            "\n{key}: the shortest failing prefix has {} operations; its last ones:",
+            prefix.len()
+        );
+        for op in prefix.iter().rev().take(12).rev() {
+            println!(
+                "  client {} [{}..{}] {:?} -> {:?}",
+                op.client,
+                op.invoke,
+                op.complete.map_or("?".into(), |c| c.to_string()),
+                op.call,
+                op.ret
+            );
+        }
+        println!(
+            "  (clock offsets: behind {} ms, ahead {} ms; graces at {:?})",
+            history.clock_behind, history.clock_ahead, history.graces
+        );
     }
 }

@@ -46,7 +46,21 @@ pub fn run_many(
                 if seed >= seeds.end {
                     return;
                 }
-                let outcome = run_seed(seed, options);
+                // A fresh thread per seed: std's hash-map keys and tokio's
+                // generator are per thread, so a seed replays exactly alone.
+                let outcome = std::thread::scope(|s| s.spawn(|| run_seed(seed, options)).join());
+                let Ok(outcome) = outcome else {
+                    let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
+                    s.seeds += 1;
+                    s.failures.push((
+                        seed,
+                        format!(
+                            "\n    the simulation panicked\n    replay: {}",
+                            replay_command(seed, None)
+                        ),
+                    ));
+                    continue;
+                };
                 each(&outcome);
                 let mut s = summary.lock().unwrap_or_else(|p| p.into_inner());
                 s.seeds += 1;

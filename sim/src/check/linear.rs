@@ -400,7 +400,7 @@ fn is_done(done: &[u64], i: usize) -> bool {
 /// Every model `p` can lead to from `model` with the answer it really got.
 fn successors(key: &LockKey, p: &Prepared, model: &Model, w: &Windows) -> Vec<Model> {
     let mut out = Vec::new();
-    for base in with_graces(model, p, w) {
+    for base in with_graces(key, model, p, w) {
         for now in time_candidates(&base, p) {
             let mut m = base.clone();
             if step(key, &mut m, p, now) {
@@ -412,8 +412,10 @@ fn successors(key: &LockKey, p: &Prepared, model: &Model, w: &Windows) -> Vec<Mo
 }
 
 /// The model, and the model after each recorded fail-over grace that may
-/// have come before `p` (in log order, each at its own stamp).
-fn with_graces(model: &Model, p: &Prepared, w: &Windows) -> Vec<Model> {
+/// have come before `p` (in log order, each at its own stamp). A grace
+/// processes no expiry itself, but the old leader may have ticked up to the
+/// grace's stamp before it: both are tried.
+fn with_graces(key: &LockKey, model: &Model, p: &Prepared, w: &Windows) -> Vec<Model> {
     let mut out = vec![model.clone()];
     let mut m = model.clone();
     while let Some(&at) = w.graces.get(m.graces) {
@@ -421,6 +423,12 @@ fn with_graces(model: &Model, p: &Prepared, w: &Windows) -> Vec<Model> {
             break;
         }
         m.graces += 1;
+        let mut untouched = m.clone();
+        untouched.table.grant_grace(at);
+        out.push(untouched);
+        let mut events = Vec::new();
+        m.table.tick(at, &mut events);
+        m.note(key, &events);
         m.table.grant_grace(at);
         out.push(m.clone());
     }
@@ -632,3 +640,49 @@ fn exec_matches(
 #[cfg(test)]
 #[path = "linear_tests.rs"]
 mod tests;
+
+/// For a key that fails: the shortest prefix of its history (operations
+/// invoked up to some instant, those still running then counted as unknown)
+/// that already fails — what `--verbose` prints to explain a failure.
+pub fn shortest_failing_prefix(history: &History, key: &LockKey, max_states: usize) -> Vec<Op> {
+    let all: Vec<Op> = ops_of_key(history, key).into_iter().cloned().collect();
+    let w = Windows {
+        behind: history.clock_behind,
+        ahead: history.clock_ahead,
+        graces: history.graces.clone(),
+    };
+    let cut = |t: Millis| -> Vec<Op> {
+        all.iter()
+            .filter(|op| op.invoke <= t)
+            .map(|op| match op.complete {
+                Some(c) if c > t => Op {
+                    complete: None,
+                    ret: Ret::Unknown,
+                    ..op.clone()
+                },
+                _ => op.clone(),
+            })
+            .collect()
+    };
+    let fails = |t: Millis| {
+        let ops = cut(t);
+        let refs: Vec<&Op> = ops.iter().collect();
+        matches!(
+            check_key(key, &refs, &w, max_states),
+            KeyResult::Violation(_)
+        )
+    };
+    let mut times: Vec<Millis> = all.iter().filter_map(|op| op.complete).collect();
+    times.sort_unstable();
+    times.dedup();
+    let (mut lo, mut hi) = (0usize, times.len());
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if fails(times[mid]) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    times.get(lo).map_or(all.clone(), |&t| cut(t))
+}

@@ -320,3 +320,58 @@ fn a_grace_during_an_election_keeps_a_session_alive() {
     h.h.graces.push(850);
     assert_ok(&h.check());
 }
+
+#[test]
+fn a_late_grace_among_several_keeps_a_session_alive() {
+    // Client 1's session (TTL 3 s, expiring at 18_785) gets no keep-alive (a
+    // paused client); a new leader's grace at 18_718 carries it past that.
+    let mut h = History::default();
+    for (c, at) in [(1, 15_775), (2, 18_000)] {
+        h.ops.push(Op {
+            client: c,
+            invoke: at,
+            complete: Some(at + 40),
+            call: Call::Exec {
+                request_id: None,
+                command: Command::OpenSession { ttl_ms: 3_000 },
+            },
+            ret: Ret::Exec(Ok(Response::SessionOpened {
+                session: s(c),
+                expires_at: at + 10 + 3_000,
+            })),
+        });
+    }
+    h.graces = vec![1_128, 5_819, 13_474, 18_718, 19_626];
+    let mut b = H { h };
+    b.acquire(1, (15_824, Some(15_855)), Some(0), granted(2, 15_830));
+    b.acquire(2, (19_000, Some(19_040)), Some(0), would_block());
+    let close = Command::CloseSession { session: s(1) };
+    b.op(
+        1,
+        (21_445, Some(21_547)),
+        close,
+        ok(Response::SessionClosed),
+    );
+    assert_ok(&b.check());
+    // Without the graces, client 1's session is gone by 19_000.
+    b.h.graces.clear();
+    assert_violation(&b.check());
+}
+
+#[test]
+fn a_tick_before_a_grace_may_end_one_session_and_not_another() {
+    // Session 1 (holding) lapses at 1_000, session 2 at 1_300; the old
+    // leader ticks past 1_000, then a new leader's grace at 1_200 keeps
+    // session 2, which then gets the lock.
+    let mut h = H::new(2, 1_000);
+    h.h.ops[1].invoke = 290;
+    h.h.ops[1].complete = Some(310);
+    h.h.ops[1].ret = ok(Response::SessionOpened {
+        session: s(2),
+        expires_at: 1_300,
+    });
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    h.acquire(2, (1_500, Some(1_502)), Some(0), granted(9, 1_501));
+    h.h.graces.push(1_200);
+    assert_ok(&h.check());
+}

@@ -406,6 +406,9 @@ impl Client {
             }));
             match r {
                 Ok(Reply::Client(ClientReply::NotLeader { leader, .. })) => {
+                    // A leader that lost its office answers its pending
+                    // proposals "not leader", yet they may still commit.
+                    maybe_applied = true;
                     match leader {
                         Some(l) if (l as usize) <= self.nodes.len() && l > 0 => {
                             self.leader = l as usize - 1

@@ -133,10 +133,12 @@ pub struct RunOutcome {
 
 /// Runs one seed in a fresh madsim runtime on this thread, then checks it.
 pub fn run_seed(seed: u64, options: &RunOptions) -> RunOutcome {
-    let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
     let options2 = options.clone();
     let started = std::time::Instant::now();
-    let (history, faults, sim_ms, nodes, clients) = rt.block_on(simulate(options2));
+    let (history, faults, sim_ms, nodes, clients) = with_seeded_tokio(seed, || {
+        let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
+        rt.block_on(simulate(options2))
+    });
     let simulated = started.elapsed();
     let report = check_all(
         &history,
@@ -353,40 +355,57 @@ async fn converge(world: &World, n: usize) -> Vec<ReplicaState> {
     states
 }
 
-static DETERMINISM_OPTIONS: Mutex<Option<RunOptions>> = Mutex::new(None);
-
-fn determinism_run() -> impl std::future::Future<Output = String> {
-    let options = lock(&DETERMINISM_OPTIONS).clone().unwrap_or_default();
-    async move {
-        let (history, faults, sim_ms, _, _) = simulate(options).await;
-        format!("{sim_ms} {faults:?} {history:?}")
+/// Runs `f` inside a tokio runtime whose random generator is seeded from
+/// `seed`. `tokio::select!` (used by openraft and the node) picks branches
+/// with tokio's thread-local generator, which tokio otherwise seeds from a
+/// process-wide counter: two runs of one seed in one process would differ.
+/// Seeding needs `--cfg tokio_unstable`, which the simulator build sets.
+fn with_seeded_tokio<R>(seed: u64, f: impl FnOnce() -> R) -> R {
+    #[cfg(tokio_unstable)]
+    {
+        let mut builder = tokio::runtime::Builder::new_current_thread();
+        builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
+        if let Ok(rt) = builder.build() {
+            // Unconstrained: tokio's co-operative budget would otherwise make
+            // tokio::sync calls inside the simulation return Pending.
+            return rt.block_on(tokio::task::unconstrained(async move { f() }));
+        }
     }
+    let _ = seed;
+    f()
 }
 
-/// Runs `seed` twice under madsim's determinism check (every random draw
-/// must repeat in the same order), and compares the two whole histories.
+/// Runs `seed` twice, each on a fresh thread as the runner does, and
+/// compares the whole trace: every operation with its times and result,
+/// every fault, every fenced access, the final replica states.
 pub fn check_determinism(seed: u64, options: &RunOptions) -> Result<(), String> {
-    *lock(&DETERMINISM_OPTIONS) = Some(RunOptions {
+    let options = RunOptions {
         verbose: false,
         ..options.clone()
-    });
-    let first = std::panic::catch_unwind(|| {
-        madsim::runtime::Runtime::check_determinism(
-            seed,
-            madsim::Config::default(),
-            determinism_run,
-        )
-    })
-    .map_err(|_| "madsim's determinism check failed (see the panic above)".to_string())?;
-    let rt = madsim::runtime::Runtime::with_seed_and_config(seed, madsim::Config::default());
-    let again = rt.block_on(determinism_run());
+    };
+    let trace = || {
+        let options = options.clone();
+        std::thread::spawn(move || {
+            let o = run_seed(seed, &options);
+            format!("{} {:?} {:?}", o.sim_ms, o.faults, o.history)
+        })
+        .join()
+        .map_err(|_| "the simulation panicked".to_string())
+    };
+    let (first, again) = (trace()?, trace()?);
     if first == again {
         Ok(())
     } else {
+        let at = first
+            .bytes()
+            .zip(again.bytes())
+            .position(|(a, b)| a != b)
+            .unwrap_or(first.len().min(again.len()));
+        let from = at.saturating_sub(200);
         Err(format!(
-            "two runs recorded different histories ({} and {} bytes of trace)",
-            first.len(),
-            again.len()
+            "two runs recorded different traces; first difference at byte {at}:\n  {}\n  {}",
+            &first[from..(at + 200).min(first.len())],
+            &again[from..(at + 200).min(again.len())]
         ))
     }
 }
