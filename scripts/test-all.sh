@@ -32,3 +32,12 @@ step "loom: memory backend wake-up and cancel paths (LOOM_MAX_PREEMPTIONS=2)"
 RUSTFLAGS="--cfg fencelock_loom" LOOM_MAX_PREEMPTIONS=2 \
   CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/loom" \
   cargo test -p fencelock-memory --release --test loom
+
+step "simulation: madsim build, 30 seeds of the Raft cluster under faults, planted-bug tests"
+# One build with its own flags and target dir (the madsim cfg changes every
+# crate; tokio_unstable lets each run seed tokio's select! generator). The
+# seeds and the planted-bug budget are fixed, so CI time is bounded.
+SIM_ENV=(env RUSTFLAGS="--cfg madsim --cfg tokio_unstable" CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/madsim")
+"${SIM_ENV[@]}" cargo build -q -p fencelock-sim --release --bins --tests
+"${SIM_ENV[@]}" cargo run -q -p fencelock-sim --release -- --seeds "${FENCELOCK_SIM_SEEDS:-1..31}"
+"${SIM_ENV[@]}" cargo test -q -p fencelock-sim --release --test planted -- --nocapture --test-threads 2

@@ -37,7 +37,7 @@ use fencelock_core::{
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 /// Most `now` values tried for one operation that does not pin its time.
-const MAX_TIME_CANDIDATES: usize = 8;
+const MAX_TIME_CANDIDATES: usize = 16;
 
 /// What the linearizability checker found in a whole history.
 #[derive(Debug, Default)]
@@ -413,8 +413,8 @@ fn successors(key: &LockKey, p: &Prepared, model: &Model, w: &Windows) -> Vec<Mo
 
 /// The model, and the model after each recorded fail-over grace that may
 /// have come before `p` (in log order, each at its own stamp). A grace
-/// processes no expiry itself, but the old leader may have ticked up to the
-/// grace's stamp before it: both are tried.
+/// processes no expiry itself, but the old leader may have ticked, at any
+/// expiry instant up to the grace's stamp, before it: each is tried.
 fn with_graces(key: &LockKey, model: &Model, p: &Prepared, w: &Windows) -> Vec<Model> {
     let mut out = vec![model.clone()];
     let mut m = model.clone();
@@ -423,12 +423,21 @@ fn with_graces(key: &LockKey, model: &Model, p: &Prepared, w: &Windows) -> Vec<M
             break;
         }
         m.graces += 1;
-        let mut untouched = m.clone();
-        untouched.table.grant_grace(at);
-        out.push(untouched);
+        let mut ticked = m.clone();
         let mut events = Vec::new();
-        m.table.tick(at, &mut events);
-        m.note(key, &events);
+        for _ in 0..MAX_TIME_CANDIDATES {
+            match ticked.table.next_deadline() {
+                Some(d) if d <= at => {
+                    events.clear();
+                    ticked.table.tick(d, &mut events);
+                    ticked.note(key, &events);
+                    let mut g = ticked.clone();
+                    g.table.grant_grace(at);
+                    out.push(g);
+                }
+                _ => break,
+            }
+        }
         m.table.grant_grace(at);
         out.push(m.clone());
     }

@@ -375,3 +375,20 @@ fn a_tick_before_a_grace_may_end_one_session_and_not_another() {
     h.h.graces.push(1_200);
     assert_ok(&h.check());
 }
+
+#[test]
+fn a_tick_between_two_expiries_before_a_grace_is_found() {
+    // Session 1 (holding) lapses at 1_000, session 2 at 1_100; the old
+    // leader ticks at 1_000 only; the grace at 1_200 keeps session 2 alive.
+    let mut h = H::new(2, 1_000);
+    h.h.ops[1].invoke = 90;
+    h.h.ops[1].complete = Some(110);
+    h.h.ops[1].ret = ok(Response::SessionOpened {
+        session: s(2),
+        expires_at: 1_100,
+    });
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    h.acquire(2, (1_500, Some(1_502)), Some(0), granted(9, 1_501));
+    h.h.graces.push(1_200);
+    assert_ok(&h.check());
+}

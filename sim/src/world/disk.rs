@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// How long one simulated fsync takes.
-const FSYNC: Duration = Duration::from_millis(2);
+const FSYNC: Duration = Duration::from_millis(10);
 
 #[derive(Debug, Default)]
 struct Bytes {
@@ -32,6 +32,11 @@ impl SimDisk {
     /// What survives a crash: the durable bytes.
     pub fn durable(&self) -> Vec<u8> {
         self.lock().durable.clone()
+    }
+
+    /// Bytes written but not yet fsynced.
+    pub fn unsynced(&self) -> usize {
+        self.lock().pending.len()
     }
 
     /// A power loss: drops what was not fsynced; returns how many bytes.

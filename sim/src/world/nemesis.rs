@@ -104,7 +104,7 @@ impl Nemesis {
             };
             madsim::time::sleep(Duration::from_millis(gap)).await;
             match kind {
-                "kill" => self.kill(),
+                "kill" => self.kill().await,
                 "partition" => self.partition(),
                 "loss" => self.loss(),
                 "delay" => self.delay(),
@@ -122,8 +122,32 @@ impl Nemesis {
         })
     }
 
-    fn kill(&self) {
+    /// Waits (up to 300 ms) until one of `disks` holds an unsynced record
+    /// (64 bytes or more: an entry, not just a commit mark), so
+    /// that a crash lands in the middle of a write, as it does on real disks.
+    async fn mid_write(&self, disks: &[usize]) {
+        for _ in 0..300 {
+            if disks.iter().any(|&i| self.disks[i].unsynced() >= 64) {
+                return;
+            }
+            madsim::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    async fn kill(&self) {
         let n = self.nodes.len();
+        let all: Vec<usize> = (0..n).collect();
+        if self
+            .down
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+            && thread_rng().gen_bool(0.3)
+        {
+            self.mid_write(&all).await;
+            return self.power_loss();
+        }
+        self.mid_write(&all).await;
         let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
         if down.len() >= (n - 1) / 2 {
             return;
@@ -158,6 +182,40 @@ impl Nemesis {
                 handle.restart(id);
                 world.fault(format!("restart n{}", victim + 1));
             }
+        });
+    }
+
+    /// Every node loses power at once (what was not fsynced is lost on all
+    /// of them) and comes back a little later.
+    fn power_loss(&self) {
+        let n = self.nodes.len();
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        let mut lost = 0;
+        for i in 0..n {
+            down.insert(i);
+            self.handle.kill(self.nodes[i].id());
+            lost += self.disks[i].crash();
+            self.world.remove_node(i as u64 + 1);
+        }
+        let back_in = thread_rng().gen_range(300..2_000);
+        self.world.fault(format!(
+            "power loss of all {n} nodes ({lost} unsynced log bytes lost), back in {back_in} ms"
+        ));
+        let (handle, ids, down2, world) = (
+            self.handle.clone(),
+            self.nodes.iter().map(|h| h.id()).collect::<Vec<_>>(),
+            self.down.clone(),
+            self.world.clone(),
+        );
+        madsim::task::spawn(async move {
+            madsim::time::sleep(Duration::from_millis(back_in)).await;
+            let mut down = down2.lock().unwrap_or_else(|p| p.into_inner());
+            for (i, id) in ids.into_iter().enumerate() {
+                if down.remove(&i) {
+                    handle.restart(id);
+                }
+            }
+            world.fault("power back on every node".to_string());
         });
     }
 
