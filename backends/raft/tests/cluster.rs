@@ -168,8 +168,9 @@ async fn grow_from_one_node_to_three_then_remove_the_first() {
         .change_membership(BTreeSet::from([1, 2, 3]))
         .await
         .unwrap();
-    let status = b.cluster().status_of(&cluster.addrs[2]).await.unwrap();
-    assert_eq!(status.voters, BTreeSet::from([1, 2, 3]));
+    // A follower applies the membership entry a moment after the leader
+    // commits it: wait for it (bounded) rather than racing it.
+    voters_become(&b, &cluster.addrs[2], BTreeSet::from([1, 2, 3])).await;
     // Remove node 1 (the leader so far); the others elect one of themselves.
     b.cluster()
         .change_membership(BTreeSet::from([2, 3]))
@@ -186,9 +187,23 @@ async fn grow_from_one_node_to_three_then_remove_the_first() {
         matches!(r, Err(Error::Lock(LockError::WouldBlock { .. }))),
         "{r:?}"
     );
-    let status = b.cluster().status_of(&cluster.addrs[1]).await.unwrap();
-    assert_eq!(status.voters, BTreeSet::from([2, 3]));
+    voters_become(&b, &cluster.addrs[1], BTreeSet::from([2, 3])).await;
     cluster.shutdown().await;
+}
+
+/// Polls a node's status until its voters are `want` (at most 10 s).
+async fn voters_become(b: &fencelock_raft::RaftBackend, addr: &str, want: BTreeSet<u64>) {
+    let give_up = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let status = b.cluster().status_of(addr).await;
+        match status {
+            Ok(s) if s.voters == want => return,
+            other if std::time::Instant::now() > give_up => {
+                panic!("voters of {addr} never became {want:?}: {other:?}")
+            }
+            _ => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
