@@ -37,6 +37,14 @@ pub(crate) struct Target {
 }
 
 impl Target {
+    async fn describe(&self) -> Result<Option<LockInfo>, Error> {
+        self.sessions.backend().describe(&self.key).await
+    }
+
+    async fn validate(&self, token: FencingToken) -> Result<HolderInfo, Error> {
+        self.sessions.backend().validate(&self.key, token).await
+    }
+
     async fn ensure_created(&self) -> Result<(), Error> {
         let Some(lease) = self.lease else {
             return Ok(());
@@ -317,17 +325,12 @@ impl LockHandle {
 
     /// Kind, lease, holders, queue, last token; `None` if it does not exist.
     pub async fn describe(&self) -> Result<Option<LockInfo>, Error> {
-        self.target
-            .sessions
-            .backend()
-            .describe(&self.target.key)
-            .await
+        self.target.describe().await
     }
 
     /// Is `token` a current hold? What a guarded resource asks.
     pub async fn validate(&self, token: FencingToken) -> Result<HolderInfo, Error> {
-        let backend = self.target.sessions.backend();
-        backend.validate(&self.target.key, token).await
+        self.target.validate(token).await
     }
 }
 
@@ -378,12 +381,14 @@ impl RwLockHandle {
         steal(&self.target).await
     }
 
+    /// Kind, lease, holders, queue, last token; `None` if it does not exist.
     pub async fn describe(&self) -> Result<Option<LockInfo>, Error> {
-        self.target
-            .sessions
-            .backend()
-            .describe(&self.target.key)
-            .await
+        self.target.describe().await
+    }
+
+    /// Is `token` a current hold (read or write)? What a guarded resource asks.
+    pub async fn validate(&self, token: FencingToken) -> Result<HolderInfo, Error> {
+        self.target.validate(token).await
     }
 }
 
