@@ -3,6 +3,7 @@
 
 use crate::config::{check_schema, PgConfig};
 use crate::error::db_error;
+use crate::known::KnownKeys;
 use crate::notify::{listen, next_wake, Wake};
 use crate::sql::Sql;
 use crate::store::{Acting, Applied, Loaded, Store};
@@ -99,6 +100,7 @@ impl PgBackend {
             pool,
             sql: Sql::new(&config.schema),
             limits: config.limits.clone(),
+            known: KnownKeys::new(config.tombstone_ttl),
         });
         let (hub, _) = broadcast::channel(1024);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -134,6 +136,12 @@ impl PgBackend {
                 schema: config.schema,
             }),
         })
+    }
+
+    /// How often commands were written in one round trip from what this
+    /// process remembered of their key, and how often that was stale.
+    pub fn stats(&self) -> crate::PgStats {
+        self.inner.store.known.stats()
     }
 
     /// The Postgres schema this backend uses.

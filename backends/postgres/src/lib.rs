@@ -15,7 +15,8 @@
 //!
 //! - [`config`]: the URL, schema name, pool size, intervals and limits;
 //! - `schema`: versioned migrations run on start under an advisory lock;
-//! - `store`: the transaction per command (two round trips);
+//! - `store`: the transaction per command (two round trips; one when the
+//!   process still knows the key as it is: `known`);
 //! - `session`: open, keep-alive, close, describe a session;
 //! - `notify`: LISTEN/NOTIFY and local wake-ups;
 //! - `sweep`: expiry of leases, waits and sessions;
@@ -34,6 +35,7 @@
 mod backend;
 pub mod config;
 mod error;
+mod known;
 mod notify;
 mod pg;
 mod schema;
@@ -45,4 +47,5 @@ pub mod testkit;
 
 pub use backend::PgBackend;
 pub use config::PgConfig;
+pub use known::PgStats;
 pub use schema::SCHEMA_VERSION;

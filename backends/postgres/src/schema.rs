@@ -21,7 +21,7 @@ use fencelock::Error;
 use tokio_postgres::Client;
 
 /// Version this library writes; `migrate` brings older schemas up to it.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
 fn migrations(s: &str) -> Vec<String> {
@@ -38,8 +38,9 @@ fn migrations(s: &str) -> Vec<String> {
         sessions_of("ttl_ms"),
         sessions_of("expires_at"),
     );
-    vec![format!(
-        "CREATE TABLE {s}.meta (
+    vec![
+        format!(
+            "CREATE TABLE {s}.meta (
              id smallint PRIMARY KEY CHECK (id = 1),
              token_floor bigint NOT NULL);
          INSERT INTO {s}.meta VALUES (1, 0);
@@ -139,7 +140,54 @@ fn migrations(s: &str) -> Vec<String> {
              END IF;
              RETURN n;
          END $fn$;"
-    )]
+        ),
+        // 2: `store_key` can check the server clock against the `now` a client
+        // estimated (`p_now`; see `known.rs`): -2 when it is before the estimate,
+        // more than `p_lag` after it, or at/after `p_until`.
+        format!(
+            "DROP FUNCTION {s}.store_key(text, text, boolean, bytea, boolean, bigint[], bigint[],
+                                     bigint, bigint, bigint, text, bigint, bigint);
+         CREATE FUNCTION {s}.store_key(p_ns text, p_name text, p_insert boolean, p_record bytea,
+                                       p_live boolean, p_active bigint[], p_known bigint[],
+                                       p_deadline bigint, p_last_token bigint, p_updated_at bigint,
+                                       p_notify text, p_expected bigint, p_share bigint,
+                                       p_now bigint, p_until bigint, p_lag bigint)
+         RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$
+         DECLARE n bigint; c bigint;
+         BEGIN
+             IF p_now IS NOT NULL THEN
+                 c := {now};
+                 IF c < p_now OR c - p_now > p_lag OR c >= p_until THEN
+                     RETURN -2;
+                 END IF;
+             END IF;
+             IF p_share IS NOT NULL THEN
+                 PERFORM 1 FROM {s}.sessions WHERE id = p_share FOR KEY SHARE;
+                 IF NOT FOUND THEN
+                     RETURN -1;
+                 END IF;
+             END IF;
+             IF p_insert THEN
+                 INSERT INTO {s}.locks (namespace, name, record, live, active, known,
+                                        deadline, last_token, updated_at)
+                 VALUES (p_ns, p_name, p_record, p_live, p_active, p_known,
+                         p_deadline, p_last_token, p_updated_at)
+                 ON CONFLICT DO NOTHING;
+             ELSE
+                 UPDATE {s}.locks SET record = p_record, live = p_live, active = p_active,
+                        known = p_known, deadline = p_deadline, last_token = p_last_token,
+                        updated_at = p_updated_at, version = version + 1
+                 WHERE namespace = p_ns AND name = p_name
+                   AND (p_expected IS NULL OR version = p_expected);
+             END IF;
+             GET DIAGNOSTICS n = ROW_COUNT;
+             IF n = 1 AND p_notify IS NOT NULL THEN
+                 PERFORM pg_notify('{channel}', p_notify);
+             END IF;
+             RETURN n;
+         END $fn$;"
+        ),
+    ]
 }
 
 /// Creates the schema or upgrades it to [`SCHEMA_VERSION`].

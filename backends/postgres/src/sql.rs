@@ -40,7 +40,8 @@ impl Sql {
             // See the functions in `schema.rs`.
             load: format!("SELECT * FROM {s}.load_key($1, $2, $3, $4, $5, $6)"),
             store: format!(
-                "SELECT {s}.store_key($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                "SELECT {s}.store_key($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
+                 $14, $15, $16)"
             ),
             notify: "SELECT pg_notify($1, $2)".into(),
             // $3: the request id (NULL: none). A known id answers its first

@@ -20,6 +20,7 @@
 //! nothing behind.
 
 use crate::error::{commit_error, corrupt, db_error, is_retryable, pool_error};
+use crate::known::{Known, KnownKeys, MAX_LAG_MS};
 use crate::notify::Change;
 use crate::pg::{self, Param};
 use crate::sql::Sql;
@@ -31,6 +32,7 @@ use fencelock_core::{
 };
 use futures_util::future::try_join_all;
 use std::sync::Arc;
+use std::time::Instant;
 use tokio_postgres::types::Type;
 use tokio_postgres::{Client, Row};
 
@@ -73,6 +75,8 @@ pub(crate) struct Applied {
 /// A row to write back.
 pub(crate) struct Write {
     key: LockKey,
+    /// What `bytes` encode (remembered in `known` after the commit).
+    record: LockRecord,
     insert: bool,
     bytes: Vec<u8>,
     live: bool,
@@ -85,12 +89,17 @@ pub(crate) struct Write {
     expected: Option<i64>,
     /// Share-lock this session's row first (the write may add it to the lock).
     share: Option<i64>,
+    /// Computed at this estimated server time, valid until the second
+    /// instant (see `known.rs`): the server checks its clock against both.
+    estimated: Option<(i64, i64)>,
 }
 
 pub(crate) struct Store {
     pub pool: Pool,
     pub sql: Sql,
     pub limits: Limits,
+    /// Keys as this process last saw them (one round trip per command).
+    pub known: KnownKeys,
 }
 
 /// Which extra checks a keyed command needs.
@@ -206,6 +215,12 @@ impl Store {
         request_id: Option<RequestId>,
         acting: Acting,
     ) -> Result<Applied, Error> {
+        match self.try_known(key, command, request_id, acting).await {
+            Ok(Some(applied)) => return Ok(applied),
+            // Not usable, or no longer current: the ordinary way.
+            Ok(None) | Err(Retry::Again(_)) => {}
+            Err(Retry::Fail(e)) => return Err(e),
+        }
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -246,15 +261,7 @@ impl Store {
     ) -> Result<Option<Applied>, Retry> {
         let client = self.client().await.map_err(Retry::Fail)?;
         let extra: Vec<SessionId> = acting.session.into_iter().collect();
-        // Counting a session's other keys is a GIN scan per acquire; it is
-        // only worth it when the limit is set below its default.
-        let count_others = match command {
-            Command::Acquire { .. } | Command::Steal { .. } => {
-                acting.session.is_some()
-                    && self.limits.max_locks_per_session < Limits::default().max_locks_per_session
-            }
-            _ => false,
-        };
+        let count_others = self.counts_others(command, acting);
         let share = acting.session.filter(|_| acting.share).map(session_param);
         let how = LoadHow {
             share: share.filter(|_| !optimistic),
@@ -277,6 +284,8 @@ impl Store {
                 Err(e) => return Err(abort(client, e).await),
             }
         };
+        // The server read its clock before this; remembered with it.
+        let seen = Instant::now();
         let end = |client: Object| async move {
             if !optimistic {
                 rollback(client).await;
@@ -343,6 +352,7 @@ impl Store {
             (false, w) => w,
         };
         let change = Change::from_events(key, &events).map(Arc::new);
+        let committed = write.as_ref().map(|w| (w.insert, w.record.clone()));
         // Round trip 2. Optimistic: one `store_key` call, which is a
         // transaction of its own (share lock, conditional write, notify);
         // pessimistic: write, notify, COMMIT of the transaction begun above.
@@ -368,6 +378,14 @@ impl Store {
         };
         match written {
             Ok(true) => {
+                if let Some((insert, record)) = committed {
+                    let version = if insert {
+                        0
+                    } else {
+                        loaded.version.unwrap_or(0) + 1
+                    };
+                    self.remember(&loaded, record, version, loaded.now, seen);
+                }
                 loaded.existed = true;
                 Ok(Some(Applied {
                     outcome,
@@ -377,6 +395,146 @@ impl Store {
             }
             Ok(false) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Counting a session's other keys is a GIN scan per acquire; it is only
+    /// worth it when the limit is set below its default.
+    fn counts_others(&self, command: &Command, acting: Acting) -> bool {
+        matches!(command, Command::Acquire { .. } | Command::Steal { .. })
+            && acting.session.is_some()
+            && self.limits.max_locks_per_session < Limits::default().max_locks_per_session
+    }
+
+    /// Remembers `key` as just committed (see `known.rs`).
+    fn remember(
+        &self,
+        loaded: &Loaded,
+        record: LockRecord,
+        version: i64,
+        server_now: Millis,
+        seen: Instant,
+    ) {
+        let known = Known {
+            version,
+            record,
+            sessions: loaded.sessions.clone(),
+            floor: loaded.view.last_token().0,
+            server_now,
+            seen,
+        };
+        self.known.put(&loaded.key, known);
+    }
+
+    /// One round trip: the command applied to what this process knows of
+    /// the key, written only if that is still current (see `known.rs`).
+    /// `Ok(None)`: nothing known, not usable here, or no longer current —
+    /// nothing was written; run the ordinary way.
+    async fn try_known(
+        &self,
+        key: &LockKey,
+        command: &Command,
+        request_id: Option<RequestId>,
+        acting: Acting,
+    ) -> Result<Option<Applied>, Retry> {
+        let Some(known) = self.known.get(key) else {
+            return Ok(None);
+        };
+        let Some(now) = self.known.estimated_now(&known) else {
+            return Ok(None);
+        };
+        if self.counts_others(command, acting) {
+            return Ok(None);
+        }
+        // The core must see every session involved, as the database had it.
+        let acting_expiry = match acting.session {
+            Some(s) => match known.session(s) {
+                Some(row) => Some(row.expires_at),
+                None => return Ok(None),
+            },
+            None => None,
+        };
+        if known
+            .record
+            .sessions()
+            .iter()
+            .any(|s| known.session(*s).is_none())
+        {
+            return Ok(None);
+        }
+        let view = KeyView::load(
+            self.limits.clone(),
+            key.clone(),
+            Some(known.record.clone()),
+            &known.sessions,
+            known.floor,
+        );
+        let mut loaded = Loaded {
+            key: key.clone(),
+            existed: true,
+            before: Some(known.record),
+            view,
+            now,
+            sessions: known.sessions,
+            version: Some(known.version),
+        };
+        // Valid only before anything this key depends on runs out.
+        let first_due = [loaded.view.next_due(), acting_expiry]
+            .into_iter()
+            .flatten()
+            .min();
+        if first_due.is_some_and(|at| at <= now) {
+            return Ok(None);
+        }
+        let mut events = Vec::new();
+        let outcome = loaded.view.apply(now, request_id, command, &mut events);
+        let until = first_due.into_iter().chain(loaded.view.next_due()).min();
+        if until.is_some_and(|at| at <= now) {
+            return Ok(None);
+        }
+        // A command that writes nothing needs the database's current word.
+        let Some(mut write) = plan_write(&loaded).map_err(Retry::Fail)? else {
+            return Ok(None);
+        };
+        let until = match until {
+            Some(at) => to_i64(at, "deadline").map_err(Retry::Fail)?,
+            None => i64::MAX,
+        };
+        write.expected = Some(known.version);
+        write.share = acting.session.filter(|_| acting.share).map(session_param);
+        write.estimated = Some((to_i64(now, "time").map_err(Retry::Fail)?, until));
+        let change = Change::from_events(key, &events).map(Arc::new);
+        let payload = change.as_deref().map(crate::notify::payload);
+        let client = self.client().await.map_err(Retry::Fail)?;
+        match self.write(&client, &write, payload.as_deref()).await {
+            Ok(1) => {
+                self.known.count(true);
+                self.remember(
+                    &loaded,
+                    write.record,
+                    known.version + 1,
+                    known.server_now,
+                    known.seen,
+                );
+                Ok(Some(Applied {
+                    outcome,
+                    change,
+                    loaded,
+                }))
+            }
+            Ok(_) => {
+                self.known.count(false);
+                self.known.forget(key);
+                Ok(None)
+            }
+            Err(e) => {
+                self.known.forget(key);
+                if is_retryable(&e) {
+                    Err(Retry::Again(db_error(e)))
+                } else {
+                    Err(Retry::Fail(commit_error(e)))
+                }
+            }
         }
     }
 
@@ -448,6 +606,7 @@ impl Store {
         notify: Option<&str>,
     ) -> Result<i64, tokio_postgres::Error> {
         let (ns, name) = (w.key.namespace(), w.key.name());
+        let (estimated_now, valid_until) = w.estimated.unzip();
         let params: Vec<Param> = vec![
             (&ns, Type::TEXT),
             (&name, Type::TEXT),
@@ -462,6 +621,9 @@ impl Store {
             (&notify, Type::TEXT),
             (&w.expected, Type::INT8),
             (&w.share, Type::INT8),
+            (&estimated_now, Type::INT8),
+            (&valid_until, Type::INT8),
+            (&MAX_LAG_MS, Type::INT8),
         ];
         let rows = pg::query(client, &self.sql.store, params).await?;
         Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)))
@@ -551,6 +713,8 @@ pub(crate) fn plan_write(loaded: &Loaded) -> Result<Option<Write>, Error> {
         updated_at: to_i64(loaded.view.now(), "time")?,
         expected: None,
         share: None,
+        estimated: None,
+        record,
     }))
 }
 

@@ -1,0 +1,218 @@
+//! One round trip from remembered state (`known.rs`): used when the key is
+//! as remembered, and never deciding on stale state — another process's
+//! write, a closed session, a lease that ran out, or a clock outside the
+//! bounds the server checks.
+
+use fencelock::{Backend, Command, Error, LockError, LockKey, LockKind, Mode, Response, SessionId};
+use fencelock_postgres::testkit::{shared_url, unique_schema};
+use fencelock_postgres::{PgBackend, PgConfig};
+use std::time::Duration;
+use tokio_postgres::NoTls;
+
+async fn backend(url: &str, schema: &str) -> PgBackend {
+    PgBackend::connect(PgConfig::new(url).with_schema(schema))
+        .await
+        .unwrap()
+}
+
+async fn open(b: &PgBackend) -> SessionId {
+    match b
+        .execute(Command::OpenSession { ttl_ms: 60_000 }, None)
+        .await
+    {
+        Ok(Response::SessionOpened { session, .. }) => session,
+        other => panic!("open: {other:?}"),
+    }
+}
+
+fn acquire(key: &LockKey, session: SessionId) -> Command {
+    Command::Acquire {
+        key: key.clone(),
+        session,
+        mode: Mode::Exclusive,
+        timeout_ms: Some(0),
+    }
+}
+
+async fn granted(b: &PgBackend, key: &LockKey, session: SessionId) -> u64 {
+    match b.execute(acquire(key, session), None).await {
+        Ok(Response::Granted(g)) => g.token.0,
+        other => panic!("acquire: {other:?}"),
+    }
+}
+
+async fn release(
+    b: &PgBackend,
+    key: &LockKey,
+    session: SessionId,
+    token: u64,
+) -> Result<Response, Error> {
+    b.execute(
+        Command::Release {
+            key: key.clone(),
+            session,
+            token: fencelock::FencingToken(token),
+        },
+        None,
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_used_again_by_one_process_costs_one_round_trip() {
+    let url = shared_url();
+    let schema = unique_schema("known_hit");
+    let b = backend(&url, &schema).await;
+    let s = open(&b).await;
+    let key = LockKey::new("known", "k").unwrap();
+    let mut last = 0;
+    for _ in 0..5 {
+        let token = granted(&b, &key, s).await;
+        assert!(token > last);
+        last = token;
+        release(&b, &key, s, token).await.unwrap();
+    }
+    // The first acquire created the key the ordinary way; every later
+    // command found it as this process had left it.
+    // (A stall of over 50 ms between the server's clock and this process —
+    // heavy load — sends a command the ordinary way; allow two.)
+    let stats = b.stats();
+    assert_eq!(stats.one_round_trip + stats.stale, 9, "{stats:?}");
+    assert!(stats.one_round_trip >= 7, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_process_write_is_never_overlooked() {
+    let url = shared_url();
+    let schema = unique_schema("known_stale");
+    let (a, b) = (backend(&url, &schema).await, backend(&url, &schema).await);
+    let (sa, sb) = (open(&a).await, open(&b).await);
+    let key = LockKey::new("known", "k").unwrap();
+    let t1 = granted(&a, &key, sa).await;
+    release(&a, &key, sa, t1).await.unwrap();
+    // `a` remembers the key free; `b` takes it.
+    let t2 = granted(&b, &key, sb).await;
+    assert!(t2 > t1);
+    match a.execute(acquire(&key, sa), None).await {
+        Err(Error::Lock(LockError::WouldBlock { .. })) => {}
+        other => panic!("a stale memory granted a held lock: {other:?}"),
+    }
+    assert!(a.stats().stale >= 1, "{:?}", a.stats());
+    release(&b, &key, sb, t2).await.unwrap();
+    let t3 = granted(&a, &key, sa).await;
+    assert!(t3 > t2, "tokens keep rising: {t3} after {t2}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_closed_elsewhere_cannot_acquire_from_memory() {
+    let url = shared_url();
+    let schema = unique_schema("known_closed");
+    let (a, b) = (backend(&url, &schema).await, backend(&url, &schema).await);
+    let s = open(&a).await;
+    let key = LockKey::new("known", "k").unwrap();
+    let t = granted(&a, &key, s).await;
+    release(&a, &key, s, t).await.unwrap();
+    b.execute(Command::CloseSession { session: s }, None)
+        .await
+        .unwrap();
+    match a.execute(acquire(&key, s), None).await {
+        Err(Error::Lock(LockError::SessionNotFound { .. })) => {}
+        other => panic!("a closed session acquired: {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_that_ran_out_is_not_released_from_memory() {
+    let url = shared_url();
+    let schema = unique_schema("known_lease");
+    let a = backend(&url, &schema).await;
+    let s = open(&a).await;
+    let key = LockKey::new("known", "leased").unwrap();
+    a.execute(
+        Command::CreateLock {
+            key: key.clone(),
+            kind: LockKind::Exclusive,
+            ttl_ms: Some(150),
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    let t = granted(&a, &key, s).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    match release(&a, &key, s, t).await {
+        Err(Error::Lock(LockError::Expired { .. })) => {}
+        other => panic!("released a lease that had run out: {other:?}"),
+    }
+}
+
+/// The server refuses a write whose estimated time is ahead of its clock,
+/// too far behind it, or not before the first instant the result depends on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_checks_an_estimated_time() {
+    let url = shared_url();
+    let schema = unique_schema("known_clock");
+    let a = backend(&url, &schema).await;
+    let s = open(&a).await;
+    let key = LockKey::new("known", "k").unwrap();
+    let t = granted(&a, &key, s).await;
+    release(&a, &key, s, t).await.unwrap();
+    let (sql, conn) = tokio_postgres::connect(&url, NoTls).await.unwrap();
+    tokio::spawn(conn);
+    let row = sql
+        .query_one(
+            &format!(
+                "SELECT record, version, floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint \
+                 FROM {schema}.locks WHERE namespace = 'known' AND name = 'k'"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let (record, version, now): (Vec<u8>, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    let store = |p_now: i64, p_until: i64| {
+        let (sql, schema, record) = (&sql, &schema, record.clone());
+        async move {
+            let row = sql
+                .query_one(
+                    &format!(
+                        "SELECT {schema}.store_key('known', 'k', false, $1, true, '{{}}', '{{}}', \
+                         NULL, 1, $2, NULL, $3, NULL, $2, $4, 25)"
+                    ),
+                    &[&record, &p_now, &version, &p_until],
+                )
+                .await
+                .unwrap();
+            row.get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        store(now + 60_000, i64::MAX).await,
+        -2,
+        "estimate ahead of the server"
+    );
+    assert_eq!(
+        store(now - 60_000, i64::MAX).await,
+        -2,
+        "estimate far behind"
+    );
+    assert_eq!(store(now, now).await, -2, "an expiry passed in between");
+    let after = sql
+        .query_one(
+            &format!("SELECT version FROM {schema}.locks WHERE namespace = 'known' AND name = 'k'"),
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.get::<_, i64>(0), version, "nothing was written");
+    // Within bounds, the write goes through.
+    let now: i64 = sql
+        .query_one(
+            "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(store(now, i64::MAX).await, 1);
+}
