@@ -6,7 +6,7 @@ use crate::error::db_error;
 use crate::known::KnownKeys;
 use crate::notify::{listen, next_wake, Wake};
 use crate::sql::Sql;
-use crate::store::{Acting, Applied, Loaded, Store};
+use crate::store::{Acting, Applied, Item, Loaded, Store};
 use crate::sweep::{self, Alarm};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
@@ -101,6 +101,7 @@ impl PgBackend {
             sql: Sql::new(&config.schema),
             limits: config.limits.clone(),
             known: KnownKeys::new(config.tombstone_ttl),
+            combiner: Default::default(),
         });
         let (hub, _) = broadcast::channel(1024);
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -168,11 +169,12 @@ impl PgBackend {
         request_id: Option<RequestId>,
         acting: Acting,
     ) -> Result<Applied, Error> {
-        let applied = self
-            .inner
-            .store
-            .apply_keyed(key, command, request_id, acting)
-            .await?;
+        let item = Item {
+            command: command.clone(),
+            request_id,
+            acting,
+        };
+        let applied = crate::combine::run(&self.inner.store, key, item).await?;
         self.after_commit(&applied);
         Ok(applied)
     }
@@ -189,7 +191,7 @@ impl PgBackend {
 
     /// Reads `key`; if an expiry is due, ticks it first so the answer is
     /// never built on state that a tick would change.
-    async fn current(&self, key: &LockKey, extra: &[SessionId]) -> Result<Loaded, Error> {
+    async fn current(&self, key: &LockKey, extra: &[SessionId]) -> Result<Arc<Loaded>, Error> {
         let loaded = self.inner.store.read(key, extra).await?;
         if loaded.view.next_due().is_some_and(|at| at <= loaded.now) {
             let acting = Acting {
@@ -199,7 +201,7 @@ impl PgBackend {
             let applied = self.keyed(key, &Command::Tick, None, acting).await?;
             return Ok(applied.loaded);
         }
-        Ok(loaded)
+        Ok(Arc::new(loaded))
     }
 
     /// When to re-read at the latest: the re-check interval, the key's next

@@ -116,6 +116,16 @@ impl KnownKeys {
         self.map.lock().ok()?.get(key).cloned()
     }
 
+    /// Does the remembered state of `key` have a holder or waiter other than
+    /// `session`? (Then an acquire by `session` will most likely queue.)
+    pub fn busy_for(&self, key: &LockKey, session: SessionId) -> bool {
+        let Ok(map) = self.map.lock() else {
+            return false;
+        };
+        map.get(key)
+            .is_some_and(|k| k.record.active_sessions().iter().any(|s| *s != session))
+    }
+
     /// Remembers `known` for `key`; a tombstone is forgotten instead.
     pub fn put(&self, key: &LockKey, known: Known) {
         if !known.record.exists() {

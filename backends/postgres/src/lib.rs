@@ -33,6 +33,7 @@
 //! it protects.
 
 mod backend;
+mod combine;
 pub mod config;
 mod error;
 mod known;

@@ -143,14 +143,40 @@ fn migrations(s: &str) -> Vec<String> {
         ),
         // 2: `store_key` can check the server clock against the `now` a client
         // estimated (`p_now`; see `known.rs`): -2 when it is before the estimate,
-        // more than `p_lag` after it, or at/after `p_until`.
+        // more than `p_lag` after it, or at/after `p_until`. Both functions
+        // share-lock a list of session rows (a transaction may carry several
+        // commands; see `combine.rs`), in id order.
         format!(
             "DROP FUNCTION {s}.store_key(text, text, boolean, bytea, boolean, bigint[], bigint[],
                                      bigint, bigint, bigint, text, bigint, bigint);
+         DROP FUNCTION {s}.load_key(text, text, bigint[], bigint, boolean, bigint);
+         CREATE FUNCTION {s}.load_key(p_ns text, p_name text, p_extra bigint[],
+                                      p_share bigint[], p_lock boolean, p_count_for bigint)
+         RETURNS TABLE (now bigint, token_floor bigint, record bytea, sid bigint[],
+                        sttl bigint[], sexp bigint[], others bigint, version bigint)
+         LANGUAGE plpgsql VOLATILE AS $fn$
+         BEGIN
+             IF p_share IS NOT NULL THEN
+                 PERFORM 1 FROM {s}.sessions WHERE id = ANY(p_share) ORDER BY id FOR KEY SHARE;
+             END IF;
+             IF p_lock THEN
+                 PERFORM 1 FROM {s}.locks WHERE namespace = p_ns AND name = p_name FOR UPDATE;
+             END IF;
+             RETURN QUERY
+             SELECT {now}, (SELECT m.token_floor FROM {s}.meta m), l.record,
+                    {ids}, {ttls}, {expiries},
+                    CASE WHEN p_count_for IS NULL THEN 0::bigint ELSE (
+                        SELECT count(*) FROM {s}.locks o WHERE o.active @> ARRAY[p_count_for]
+                        AND NOT (o.namespace = p_ns AND o.name = p_name)) END,
+                    l.version
+             FROM (VALUES (1)) AS one (x)
+             LEFT JOIN {s}.locks l ON l.namespace = p_ns AND l.name = p_name;
+         END $fn$;
+
          CREATE FUNCTION {s}.store_key(p_ns text, p_name text, p_insert boolean, p_record bytea,
                                        p_live boolean, p_active bigint[], p_known bigint[],
                                        p_deadline bigint, p_last_token bigint, p_updated_at bigint,
-                                       p_notify text, p_expected bigint, p_share bigint,
+                                       p_notify text, p_expected bigint, p_share bigint[],
                                        p_now bigint, p_until bigint, p_lag bigint)
          RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$
          DECLARE n bigint; c bigint;
@@ -162,8 +188,9 @@ fn migrations(s: &str) -> Vec<String> {
                  END IF;
              END IF;
              IF p_share IS NOT NULL THEN
-                 PERFORM 1 FROM {s}.sessions WHERE id = p_share FOR KEY SHARE;
-                 IF NOT FOUND THEN
+                 PERFORM 1 FROM {s}.sessions WHERE id = ANY(p_share) ORDER BY id FOR KEY SHARE;
+                 GET DIAGNOSTICS n = ROW_COUNT;
+                 IF n < cardinality(p_share) THEN
                      RETURN -1;
                  END IF;
              END IF;

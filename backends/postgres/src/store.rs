@@ -27,7 +27,7 @@ use crate::sql::Sql;
 use deadpool_postgres::{Object, Pool};
 use fencelock::Error;
 use fencelock_core::{
-    Command, KeyView, Limits, LockKey, LockRecord, Millis, RequestId, Response, SessionId,
+    Command, Event, KeyView, Limits, LockKey, LockRecord, Millis, RequestId, Response, SessionId,
     SessionRecord,
 };
 use futures_util::future::try_join_all;
@@ -64,12 +64,80 @@ impl Loaded {
     }
 }
 
-/// What one transaction did to one key.
+/// What one transaction did to one key, for one of its commands.
 pub(crate) struct Applied {
     pub outcome: Result<Response, fencelock_core::LockError>,
-    /// What other clients must hear about (sent by NOTIFY at commit).
+    /// What other clients must hear about (sent by NOTIFY at commit); on
+    /// the first command of a batch only.
     pub change: Option<Arc<Change>>,
-    pub loaded: Loaded,
+    /// The key after the whole transaction.
+    pub loaded: Arc<Loaded>,
+}
+
+/// One keyed command of a transaction.
+#[derive(Clone)]
+pub(crate) struct Item {
+    pub command: Command,
+    pub request_id: Option<RequestId>,
+    pub acting: Acting,
+}
+
+/// The sessions `items` act for, each once, in id order.
+fn acting_sessions(items: &[Item]) -> Vec<SessionId> {
+    let mut sessions: Vec<SessionId> = items.iter().filter_map(|i| i.acting.session).collect();
+    sessions.sort();
+    sessions.dedup();
+    sessions
+}
+
+/// Session rows to share-lock (sorted, once each): of the items that may
+/// add their session to the lock and for which `keep` holds.
+fn sharing(items: &[Item], keep: impl Fn(usize) -> bool) -> Vec<i64> {
+    let mut ids: Vec<i64> = (0..items.len())
+        .filter(|&i| items[i].acting.share && keep(i))
+        .filter_map(|i| items[i].acting.session.map(session_param))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// The rows an optimistic write must share-lock: sessions whose command
+/// succeeded (a refused acquire adds nothing). `None`: no lock needed.
+fn shared_by(items: &[Item], outcomes: &[Outcome]) -> Option<Vec<i64>> {
+    let ids = sharing(items, |i| outcomes[i].is_ok());
+    (!ids.is_empty()).then_some(ids)
+}
+
+type Outcome = Result<Response, fencelock_core::LockError>;
+
+/// Applies `items` in order to the loaded view, all at the load's `now`.
+fn apply_items(loaded: &mut Loaded, items: &[Item]) -> (Vec<Outcome>, Vec<Event>) {
+    let mut events = Vec::new();
+    let outcomes = items
+        .iter()
+        .map(|i| {
+            loaded
+                .view
+                .apply(loaded.now, i.request_id, &i.command, &mut events)
+        })
+        .collect();
+    (outcomes, events)
+}
+
+/// One [`Applied`] per outcome, sharing the key's state; the change rides
+/// on the first.
+fn finish(outcomes: Vec<Outcome>, change: Option<Arc<Change>>, loaded: Loaded) -> Vec<Applied> {
+    let loaded = Arc::new(loaded);
+    let mut change = change;
+    outcomes
+        .into_iter()
+        .map(|outcome| Applied {
+            outcome,
+            change: change.take(),
+            loaded: loaded.clone(),
+        })
+        .collect()
 }
 
 /// A row to write back.
@@ -87,8 +155,8 @@ pub(crate) struct Write {
     updated_at: i64,
     /// Only if the row is still at this version (optimistic writes).
     expected: Option<i64>,
-    /// Share-lock this session's row first (the write may add it to the lock).
-    share: Option<i64>,
+    /// Share-lock these session rows first (the write may add them to the lock).
+    share: Option<Vec<i64>>,
     /// Computed at this estimated server time, valid until the second
     /// instant (see `known.rs`): the server checks its clock against both.
     estimated: Option<(i64, i64)>,
@@ -100,6 +168,8 @@ pub(crate) struct Store {
     pub limits: Limits,
     /// Keys as this process last saw them (one round trip per command).
     pub known: KnownKeys,
+    /// Per-key queues: one transaction per key in flight (`combine.rs`).
+    pub combiner: crate::combine::Combiner,
 }
 
 /// Which extra checks a keyed command needs.
@@ -198,7 +268,7 @@ impl Store {
                 (&ns, Type::TEXT),
                 (&name, Type::TEXT),
                 (&extra, Type::INT8_ARRAY),
-                (&how.share, Type::INT8),
+                (&how.share, Type::INT8_ARRAY),
                 (&how.lock, Type::BOOL),
                 (&how.count_for, Type::INT8),
             ];
@@ -207,15 +277,10 @@ impl Store {
         }
     }
 
-    /// Applies `command` to `key` in its own transaction (see the module docs).
-    pub async fn apply_keyed(
-        &self,
-        key: &LockKey,
-        command: &Command,
-        request_id: Option<RequestId>,
-        acting: Acting,
-    ) -> Result<Applied, Error> {
-        match self.try_known(key, command, request_id, acting).await {
+    /// Applies `items` (commands on `key`, in order) in one transaction: the
+    /// remembered way first (one round trip), then the ordinary way.
+    pub async fn apply_keyed(&self, key: &LockKey, items: &[Item]) -> Result<Vec<Applied>, Error> {
+        match self.try_known(key, items).await {
             Ok(Some(applied)) => return Ok(applied),
             // Not usable, or no longer current: the ordinary way.
             Ok(None) | Err(Retry::Again(_)) => {}
@@ -227,10 +292,7 @@ impl Store {
             // Optimistic first (no lock held across a round trip); a key
             // that keeps changing under us is then taken with a row lock.
             let optimistic = attempt <= OPTIMISTIC_ATTEMPTS;
-            match self
-                .try_apply_keyed(key, command, request_id, acting, optimistic)
-                .await
-            {
+            match self.try_apply_keyed(key, items, optimistic).await {
                 Ok(Some(applied)) => return Ok(applied),
                 Ok(None) if attempt < MAX_ATTEMPTS => continue,
                 Ok(None) => {
@@ -248,25 +310,27 @@ impl Store {
     ///
     /// Optimistic: read without a transaction, apply, then write only if
     /// the row is still at the version read (`BEGIN`, conditional write,
-    /// `COMMIT` in one round trip); a command that changes nothing needs no
+    /// `COMMIT` in one round trip); a batch that changes nothing needs no
     /// second round trip. Pessimistic: `BEGIN` and `SELECT … FOR UPDATE`
     /// first, so nobody can change the row in between.
     async fn try_apply_keyed(
         &self,
         key: &LockKey,
-        command: &Command,
-        request_id: Option<RequestId>,
-        acting: Acting,
+        items: &[Item],
         optimistic: bool,
-    ) -> Result<Option<Applied>, Retry> {
+    ) -> Result<Option<Vec<Applied>>, Retry> {
         let client = self.client().await.map_err(Retry::Fail)?;
-        let extra: Vec<SessionId> = acting.session.into_iter().collect();
-        let count_others = self.counts_others(command, acting);
-        let share = acting.session.filter(|_| acting.share).map(session_param);
+        let extra = acting_sessions(items);
+        // Only a command run alone counts its session's other keys.
+        let counted = match items {
+            [item] if self.counts_others(item) => item.acting.session,
+            _ => None,
+        };
+        let share: Vec<i64> = sharing(items, |_| true);
         let how = LoadHow {
-            share: share.filter(|_| !optimistic),
+            share: (!optimistic && !share.is_empty()).then_some(share),
             lock: !optimistic,
-            count_for: acting.session.filter(|_| count_others).map(session_param),
+            count_for: counted.map(session_param),
         };
         // Round trip 1: the load (pessimistic: after BEGIN, with the locks).
         let row = if optimistic {
@@ -303,29 +367,19 @@ impl Store {
             }
         };
         let involved = |l: &Loaded, s| l.view.session_part(s) != (None, false);
-        let before = acting.session.is_some_and(|s| involved(&loaded, s));
-        let mut events = Vec::new();
-        let outcome = loaded
-            .view
-            .apply(loaded.now, request_id, command, &mut events);
+        let before = counted.is_some_and(|s| involved(&loaded, s));
+        let (outcomes, events) = apply_items(&mut loaded, items);
         // The core sees one key; the session's other keys are counted here.
         let max = self.limits.max_locks_per_session;
-        if let Some(session) = acting.session {
-            if count_others
-                && outcome.is_ok()
-                && !before
-                && involved(&loaded, session)
-                && others as u64 >= max
+        if let Some(session) = counted {
+            if outcomes[0].is_ok() && !before && involved(&loaded, session) && others as u64 >= max
             {
                 end(client).await;
-                return Ok(Some(Applied {
-                    outcome: Err(fencelock_core::LockError::ResourceExhausted {
-                        limit: "max_locks_per_session".into(),
-                        max,
-                    }),
-                    change: None,
-                    loaded,
-                }));
+                let refused = Err(fencelock_core::LockError::ResourceExhausted {
+                    limit: "max_locks_per_session".into(),
+                    max,
+                });
+                return Ok(Some(finish(vec![refused], None, loaded)));
             }
         }
         let write = match plan_write(&loaded) {
@@ -337,16 +391,10 @@ impl Store {
         };
         let write = match (optimistic, write) {
             // Nothing to write and no lock to release: done in one round trip.
-            (true, None) => {
-                return Ok(Some(Applied {
-                    outcome,
-                    change: None,
-                    loaded,
-                }))
-            }
+            (true, None) => return Ok(Some(finish(outcomes, None, loaded))),
             (true, Some(mut w)) => {
                 w.expected = loaded.version;
-                w.share = share;
+                w.share = shared_by(items, &outcomes);
                 Some(w)
             }
             (false, w) => w,
@@ -354,7 +402,7 @@ impl Store {
         let change = Change::from_events(key, &events).map(Arc::new);
         let committed = write.as_ref().map(|w| (w.insert, w.record.clone()));
         // Round trip 2. Optimistic: one `store_key` call, which is a
-        // transaction of its own (share lock, conditional write, notify);
+        // transaction of its own (share locks, conditional write, notify);
         // pessimistic: write, notify, COMMIT of the transaction begun above.
         let written = match (optimistic, &write) {
             (true, Some(w)) => {
@@ -387,11 +435,7 @@ impl Store {
                     self.remember(&loaded, record, version, loaded.now, seen);
                 }
                 loaded.existed = true;
-                Ok(Some(Applied {
-                    outcome,
-                    change,
-                    loaded,
-                }))
+                Ok(Some(finish(outcomes, change, loaded)))
             }
             Ok(false) => Ok(None),
             Err(e) => Err(e),
@@ -400,9 +444,11 @@ impl Store {
 
     /// Counting a session's other keys is a GIN scan per acquire; it is only
     /// worth it when the limit is set below its default.
-    fn counts_others(&self, command: &Command, acting: Acting) -> bool {
-        matches!(command, Command::Acquire { .. } | Command::Steal { .. })
-            && acting.session.is_some()
+    pub(crate) fn counts_others(&self, item: &Item) -> bool {
+        matches!(
+            item.command,
+            Command::Acquire { .. } | Command::Steal { .. }
+        ) && item.acting.session.is_some()
             && self.limits.max_locks_per_session < Limits::default().max_locks_per_session
     }
 
@@ -426,34 +472,34 @@ impl Store {
         self.known.put(&loaded.key, known);
     }
 
-    /// One round trip: the command applied to what this process knows of
+    /// One round trip: the commands applied to what this process knows of
     /// the key, written only if that is still current (see `known.rs`).
     /// `Ok(None)`: nothing known, not usable here, or no longer current —
     /// nothing was written; run the ordinary way.
     async fn try_known(
         &self,
         key: &LockKey,
-        command: &Command,
-        request_id: Option<RequestId>,
-        acting: Acting,
-    ) -> Result<Option<Applied>, Retry> {
+        items: &[Item],
+    ) -> Result<Option<Vec<Applied>>, Retry> {
         let Some(known) = self.known.get(key) else {
             return Ok(None);
         };
         let Some(now) = self.known.estimated_now(&known) else {
             return Ok(None);
         };
-        if self.counts_others(command, acting) {
+        if items.iter().any(|item| self.counts_others(item)) {
             return Ok(None);
         }
         // The core must see every session involved, as the database had it.
-        let acting_expiry = match acting.session {
-            Some(s) => match known.session(s) {
-                Some(row) => Some(row.expires_at),
+        let mut first_due: Option<Millis> = None;
+        for session in acting_sessions(items) {
+            match known.session(session) {
+                Some(row) => {
+                    first_due = Some(first_due.map_or(row.expires_at, |d| d.min(row.expires_at)))
+                }
                 None => return Ok(None),
-            },
-            None => None,
-        };
+            }
+        }
         if known
             .record
             .sessions()
@@ -479,20 +525,16 @@ impl Store {
             version: Some(known.version),
         };
         // Valid only before anything this key depends on runs out.
-        let first_due = [loaded.view.next_due(), acting_expiry]
-            .into_iter()
-            .flatten()
-            .min();
+        let first_due = first_due.into_iter().chain(loaded.view.next_due()).min();
         if first_due.is_some_and(|at| at <= now) {
             return Ok(None);
         }
-        let mut events = Vec::new();
-        let outcome = loaded.view.apply(now, request_id, command, &mut events);
+        let (outcomes, events) = apply_items(&mut loaded, items);
         let until = first_due.into_iter().chain(loaded.view.next_due()).min();
         if until.is_some_and(|at| at <= now) {
             return Ok(None);
         }
-        // A command that writes nothing needs the database's current word.
+        // A batch that writes nothing needs the database's current word.
         let Some(mut write) = plan_write(&loaded).map_err(Retry::Fail)? else {
             return Ok(None);
         };
@@ -501,7 +543,7 @@ impl Store {
             None => i64::MAX,
         };
         write.expected = Some(known.version);
-        write.share = acting.session.filter(|_| acting.share).map(session_param);
+        write.share = shared_by(items, &outcomes);
         write.estimated = Some((to_i64(now, "time").map_err(Retry::Fail)?, until));
         let change = Change::from_events(key, &events).map(Arc::new);
         let payload = change.as_deref().map(crate::notify::payload);
@@ -516,11 +558,7 @@ impl Store {
                     known.server_now,
                     known.seen,
                 );
-                Ok(Some(Applied {
-                    outcome,
-                    change,
-                    loaded,
-                }))
+                Ok(Some(finish(outcomes, change, loaded)))
             }
             Ok(_) => {
                 self.known.count(false);
@@ -620,7 +658,7 @@ impl Store {
             (&w.updated_at, Type::INT8),
             (&notify, Type::TEXT),
             (&w.expected, Type::INT8),
-            (&w.share, Type::INT8),
+            (&w.share, Type::INT8_ARRAY),
             (&estimated_now, Type::INT8),
             (&valid_until, Type::INT8),
             (&MAX_LAG_MS, Type::INT8),
@@ -631,10 +669,9 @@ impl Store {
 }
 
 /// Which locks `load_key` takes before reading.
-#[derive(Clone, Copy)]
 struct LoadHow {
-    /// `FOR KEY SHARE` on this session's row.
-    share: Option<i64>,
+    /// `FOR KEY SHARE` on these session rows.
+    share: Option<Vec<i64>>,
     /// `FOR UPDATE` on the key's row.
     lock: bool,
     /// Count the other keys this session holds or waits for.
@@ -838,7 +875,7 @@ impl Store {
             applied.push(Applied {
                 outcome,
                 change: Change::from_events(key, &events).map(Arc::new),
-                loaded,
+                loaded: Arc::new(loaded),
             });
         }
         let notify: Vec<&Change> = applied.iter().filter_map(|a| a.change.as_deref()).collect();
