@@ -22,4 +22,16 @@ if ! command -v pgbouncer >/dev/null && [ ! -x /usr/sbin/pgbouncer ] && command 
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null \
     || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pgbouncer >/dev/null; }
 fi
+# etcd 3.4 (Debian's etcd-server) runs beside the Raft backend in its bench;
+# protoc builds the etcd-client crate's stubs (clippy --all-targets compiles the benches).
+if command -v apt-get >/dev/null; then
+  missing=()
+  command -v protoc >/dev/null || missing+=(protobuf-compiler)
+  command -v etcd >/dev/null || missing+=(etcd-server)
+  if [ ${#missing[@]} -gt 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -qq "${missing[@]}" >/dev/null \
+      || { apt-get update -qq && apt-get install -y -qq "${missing[@]}" >/dev/null; }
+  fi
+fi
 echo "setup done"

@@ -13,6 +13,8 @@
 pub mod backend;
 pub mod client;
 pub mod clock;
+pub mod durable;
+pub mod fsync_waker;
 pub mod grpc;
 pub mod local;
 pub mod log_store;

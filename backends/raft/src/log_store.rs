@@ -10,17 +10,18 @@
 //! by the snapshot policy — and the file is rewritten (compacted) once purged
 //! records dominate it.
 
-use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
+use crate::durable::Durable;
+use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig, Vote};
 use crate::wal::{self, LogSink, WalWriter};
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{AnyError, LogState, OptionalSend, RaftLogReader, StorageIOError};
+use openraft::{AnyError, EntryPayload, LogState, OptionalSend, RaftLogReader, StorageIOError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// Rewrite the file once it is this large and a purge happened.
 const COMPACT_AT_BYTES: u64 = 32 << 20;
@@ -101,15 +102,28 @@ fn io_err(e: io::Error) -> StorageError {
 pub struct LogStore {
     mem: Arc<Mutex<Mem>>,
     sink: Arc<dyn LogSink>,
+    durable: Durable,
+    /// Set by [`LogStore::write_in_parallel_as`]: this node's id.
+    parallel_as: Arc<OnceLock<NodeId>>,
 }
 
 impl LogStore {
     /// Opens (or creates) `dir/raft.log`, replaying what is durable.
     pub fn open(dir: &Path, fsync: bool) -> io::Result<LogStore> {
+        Self::open_with(dir, fsync, None)
+    }
+
+    /// Like [`LogStore::open`], with a [`crate::fsync_waker::FsyncWaker`]
+    /// ticking at `fsync_poll` during each fsync.
+    pub fn open_with(
+        dir: &Path,
+        fsync: bool,
+        fsync_poll: Option<std::time::Duration>,
+    ) -> io::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("raft.log");
         let records = wal::replay(&path)?;
-        let sink = Arc::new(WalWriter::open(&path, fsync)?);
+        let sink = Arc::new(WalWriter::open_with(&path, fsync, fsync_poll)?);
         Self::from_records(records, sink)
     }
 
@@ -132,10 +146,40 @@ impl LogStore {
             })?;
             mem.apply(record);
         }
+        let replayed = (mem.log.keys().next_back().copied()).or(mem.last_purged.map(|p| p.index));
         Ok(LogStore {
             mem: Arc::new(Mutex::new(mem)),
             sink,
+            durable: Durable::new(replayed),
+            parallel_as: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// How far this log is on disk.
+    pub fn durable(&self) -> Durable {
+        self.durable.clone()
+    }
+
+    /// Lets node `id`, while it leads, write its own entries in parallel
+    /// with their replication (see [`crate::durable`]): such appends are
+    /// reported flushed to openraft as soon as they are queued. Only for a
+    /// node whose state machine and network apply the [`Durable`] gates.
+    pub fn write_in_parallel_as(&self, id: NodeId) {
+        let _ = self.parallel_as.set(id);
+    }
+
+    /// Whether `entries` are this node's own, appended as the leader of its
+    /// current (committed) vote, and carry no membership change.
+    fn parallel(&self, mem: &Mem, entries: &[Entry]) -> bool {
+        let (Some(me), Some(vote)) = (self.parallel_as.get(), mem.vote) else {
+            return false;
+        };
+        vote.is_committed()
+            && vote.leader_id().node_id == *me
+            && entries.iter().all(|e| {
+                e.log_id.leader_id == *vote.leader_id()
+                    && !matches!(e.payload, EntryPayload::Membership(_))
+            })
     }
 
     fn mem(&self) -> MutexGuard<'_, Mem> {
@@ -228,11 +272,31 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let record = Record::Entries(entries.into_iter().collect());
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let last = entries.last().map(|e| e.log_id.index);
         let mut mem = self.mem();
-        let done: wal::Done = Box::new(move |r| callback.log_io_completed(r));
-        self.write(&mut mem, &record, Some(done)).map_err(io_err)?;
-        mem.apply(record);
+        let parallel = last.is_some() && self.parallel(&mem, &entries);
+        let (durable, epoch) = (self.durable.clone(), self.durable.epoch());
+        let mark = move |r: &io::Result<()>| {
+            if let Some(last) = last {
+                durable.completed(epoch, last, r);
+            }
+        };
+        let record = Record::Entries(entries);
+        if parallel {
+            self.write(&mut mem, &record, Some(Box::new(move |r| mark(&r))))
+                .map_err(io_err)?;
+            mem.apply(record);
+            drop(mem);
+            callback.log_io_completed(Ok(()));
+        } else {
+            let done: wal::Done = Box::new(move |r| {
+                mark(&r);
+                callback.log_io_completed(r)
+            });
+            self.write(&mut mem, &record, Some(done)).map_err(io_err)?;
+            mem.apply(record);
+        }
         Ok(())
     }
 
@@ -240,6 +304,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut mem = self.mem();
         let record = Record::Truncate(log_id.index);
         self.write(&mut mem, &record, None).map_err(io_err)?;
+        self.durable.truncated(log_id.index);
         mem.apply(record);
         Ok(())
     }

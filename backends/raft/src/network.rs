@@ -1,5 +1,6 @@
 //! openraft's network, over any [`Transport`].
 
+use crate::durable::Durable;
 use crate::transport::{Transport, TransportError};
 use crate::types::{NodeId, TypeConfig};
 use crate::wire::{RaftReply, RaftRpc};
@@ -19,11 +20,14 @@ use std::time::Duration;
 #[derive(Clone)]
 pub struct Network {
     transport: Arc<dyn Transport>,
+    durable: Option<Durable>,
 }
 
 impl Network {
-    pub fn new(transport: Arc<dyn Transport>) -> Self {
-        Network { transport }
+    /// With `durable`, the commit index sent to followers never passes what
+    /// is on this node's disk (see [`crate::durable`]).
+    pub fn new(transport: Arc<dyn Transport>, durable: Option<Durable>) -> Self {
+        Network { transport, durable }
     }
 }
 
@@ -35,6 +39,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             addr: node.addr.clone(),
             transport: self.transport.clone(),
+            durable: self.durable.clone(),
         }
     }
 }
@@ -44,6 +49,7 @@ pub struct Peer {
     target: NodeId,
     addr: String,
     transport: Arc<dyn Transport>,
+    durable: Option<Durable>,
 }
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, BasicNode, RaftError<NodeId, E>>;
@@ -72,9 +78,12 @@ impl Peer {
 impl RaftNetwork<TypeConfig> for Peer {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RpcErr> {
+        if let Some(d) = &self.durable {
+            rpc.leader_commit = d.clamp_commit(rpc.leader_commit, rpc.prev_log_id, &rpc.entries);
+        }
         match self.call(RaftRpc::Append(rpc), &option).await {
             Ok(RaftReply::Append(r)) => {
                 r.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))

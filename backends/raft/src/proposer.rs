@@ -6,12 +6,29 @@
 //! (up to `max_batch`). At low load a command goes out at once in an entry of
 //! its own; under load, one log append, one fsync per node and one
 //! replication round carry many commands.
+//!
+//! Closed-loop clients answer a committed entry of n commands with about n
+//! new ones, arriving microseconds apart (a contended hand-off: the old
+//! holder's next acquire and the new holder's release). So when the slot is
+//! free but fewer commands are queued than the last entry carried, the
+//! proposer lingers briefly — yielding, at most [`LINGER`] — for the rest,
+//! instead of sending one now and making the others wait a whole commit.
+//! A lone client never lingers (its entries carry one command).
 
 use crate::clock::Clock;
+use crate::rt::Instant;
 use crate::types::{NodeId, Outcome, Raft, Request, Stamped};
 use openraft::error::{ClientWriteError, RaftError};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Longest the proposer waits for the commands it expects (see above).
+const LINGER: Duration = Duration::from_micros(150);
+/// Bounds the yields of one linger also where time stands still while tasks
+/// run (the simulator's clock).
+const MAX_YIELDS: usize = 64;
 
 /// Why a proposal got no outcome.
 #[derive(Debug, Clone)]
@@ -64,6 +81,8 @@ async fn run(
     max_inflight: usize,
 ) {
     let slots = Arc::new(Semaphore::new(max_inflight));
+    // Commands in the last committed entry: about how many to expect next.
+    let expect = Arc::new(AtomicUsize::new(1));
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
@@ -72,18 +91,35 @@ async fn run(
             return;
         };
         let mut batch = vec![first];
-        while batch.len() < max_batch {
-            match rx.try_recv() {
-                Ok(p) => batch.push(p),
-                Err(_) => break,
+        let drain = |batch: &mut Vec<Pending>, rx: &mut mpsc::Receiver<Pending>| {
+            while batch.len() < max_batch {
+                match rx.try_recv() {
+                    Ok(p) => batch.push(p),
+                    Err(_) => break,
+                }
             }
+        };
+        drain(&mut batch, &mut rx);
+        let want = expect.load(Ordering::Relaxed).min(max_batch);
+        let until = Instant::now() + LINGER;
+        for _ in 0..MAX_YIELDS {
+            if batch.len() >= want || Instant::now() >= until {
+                break;
+            }
+            crate::rt::yield_now().await;
+            drain(&mut batch, &mut rx);
         }
         let raft = raft.clone();
+        let expect = expect.clone();
         let now = clock.now_ms();
         crate::rt::spawn(async move {
             let (commands, replies): (Vec<_>, Vec<_>) =
                 batch.into_iter().map(|p| (p.stamped, p.reply)).unzip();
+            let sent = commands.len();
             let result = raft.client_write(Request::Batch { now, commands }).await;
+            if result.is_ok() {
+                expect.store(sent, Ordering::Relaxed);
+            }
             drop(slot);
             match result {
                 Ok(resp) => {

@@ -23,3 +23,19 @@ where
     #[cfg(madsim)]
     drop(madsim::task::spawn(future));
 }
+
+/// Lets every other ready task run once before this one continues (works
+/// on any executor: it only wakes itself and returns pending once).
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}

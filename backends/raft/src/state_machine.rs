@@ -232,6 +232,8 @@ impl SnapStore {
 pub struct StateMachine {
     shared: Arc<Shared>,
     snaps: Arc<SnapStore>,
+    /// Set by [`StateMachine::apply_once_durable`].
+    durable: Option<crate::durable::Durable>,
 }
 
 impl StateMachine {
@@ -279,7 +281,14 @@ impl StateMachine {
                 current: Mutex::new(current),
                 built: AtomicU64::new(0),
             }),
+            durable: None,
         })
+    }
+
+    /// Applies an entry only once the local log has it on disk: the gate
+    /// that lets the leader write in parallel (see [`crate::durable`]).
+    pub fn apply_once_durable(&mut self, durable: crate::durable::Durable) {
+        self.durable = Some(durable);
     }
 
     /// The replica, for the node's reads.
@@ -335,6 +344,18 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(durable), Some(last)) = (&self.durable, entries.last()) {
+            durable
+                .wait_for(last.log_id.index)
+                .await
+                .map_err(|e| StorageError::IO {
+                    source: openraft::StorageIOError::apply(
+                        last.log_id,
+                        openraft::AnyError::new(&e),
+                    ),
+                })?;
+        }
         let mut replies = Vec::new();
         let mut r = self.shared.replica();
         for entry in entries {
@@ -357,6 +378,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         StateMachine {
             shared: self.shared.clone(),
             snaps: self.snaps.clone(),
+            durable: None,
         }
     }
 

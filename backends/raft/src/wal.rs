@@ -12,10 +12,12 @@
 //! disk flush, and writes reach the disk in the order they were queued, which
 //! is what openraft requires of log and vote I/O.
 
+use crate::fsync_waker::FsyncWaker;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::time::Duration;
 
 const HEADER: usize = 8;
 /// Largest record accepted on replay; anything larger is treated as corruption.
@@ -166,6 +168,16 @@ impl WalWriter {
     /// off, writes are acknowledged once in the page cache (benchmarks only:
     /// a machine crash may then lose acknowledged entries).
     pub fn open(path: &Path, fsync: bool) -> io::Result<WalWriter> {
+        Self::open_with(path, fsync, None)
+    }
+
+    /// Like [`WalWriter::open`]; with `poll`, a [`FsyncWaker`] ticks at that
+    /// period during each fsync.
+    pub fn open_with(path: &Path, fsync: bool, poll: Option<Duration>) -> io::Result<WalWriter> {
+        let waker = match poll {
+            Some(period) if fsync => Some(FsyncWaker::start(period)?),
+            _ => None,
+        };
         let file = OpenOptions::new().create(true).append(true).open(path)?;
         if let Some(dir) = path.parent() {
             sync_dir(dir)?;
@@ -174,7 +186,7 @@ impl WalWriter {
         let path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("fencelock-wal".into())
-            .spawn(move || writer_loop(file, path, fsync, rx))?;
+            .spawn(move || writer_loop(file, path, fsync, waker, rx))?;
         Ok(WalWriter {
             tx: Some(tx),
             thread: Some(thread),
@@ -207,7 +219,17 @@ impl WalWriter {
     }
 }
 
-fn writer_loop(mut file: File, path: PathBuf, fsync: bool, rx: mpsc::Receiver<Op>) {
+fn writer_loop(
+    mut file: File,
+    path: PathBuf,
+    fsync: bool,
+    waker: Option<FsyncWaker>,
+    rx: mpsc::Receiver<Op>,
+) {
+    let write = |file: &mut File, buf: &mut Vec<u8>, sync: bool| match &waker {
+        Some(w) if sync => w.during(|| flush(file, buf, sync)),
+        _ => flush(file, buf, sync),
+    };
     let mut pending: Vec<Done> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     while let Ok(first) = rx.recv() {
@@ -221,7 +243,7 @@ fn writer_loop(mut file: File, path: PathBuf, fsync: bool, rx: mpsc::Receiver<Op
                     pending.extend(done);
                 }
                 Op::Rewrite { bytes, done } => {
-                    result = result.and_then(|_| flush(&mut file, &mut buf, fsync));
+                    result = result.and_then(|_| write(&mut file, &mut buf, fsync));
                     result = result.and_then(|_| {
                         file = replace_file(&path, &bytes)?;
                         Ok(())
@@ -236,7 +258,7 @@ fn writer_loop(mut file: File, path: PathBuf, fsync: bool, rx: mpsc::Receiver<Op
         // next synced write, which keeps a commit hint from costing a whole
         // extra flush in front of the next append.
         let sync = fsync && !pending.is_empty();
-        result = result.and_then(|_| flush(&mut file, &mut buf, sync));
+        result = result.and_then(|_| write(&mut file, &mut buf, sync));
         buf.clear();
         let failed = result.as_ref().err().map(|e| (e.kind(), e.to_string()));
         for done in pending.drain(..) {

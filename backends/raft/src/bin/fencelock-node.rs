@@ -58,6 +58,10 @@ enum Cmd {
         /// Heartbeat interval in ms (election timeout is 5–10 heartbeats).
         #[arg(long, default_value_t = 100)]
         heartbeat_ms: u64,
+        /// While an fsync is in flight, wake a CPU every this many µs: for
+        /// VMs that deliver disk completions to an idle vCPU late.
+        #[arg(long)]
+        fsync_poll_us: Option<u64>,
     },
     /// Creates a cluster from fresh nodes.
     Init {
@@ -143,9 +147,13 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             snapshot_every,
             keep_logs,
             heartbeat_ms,
+            fsync_poll_us,
         } => {
             if id == 0 {
                 return Err("--id: node ids start at 1".into());
+            }
+            if fsync_poll_us == Some(0) {
+                return Err("--fsync-poll-us: give at least 1 (µs)".into());
             }
             let members = init.as_deref().map(parse_members).transpose()?;
             let listener = tokio::net::TcpListener::bind(&listen)
@@ -157,6 +165,7 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             config.snapshot_every = snapshot_every;
             config.keep_logs_after_snapshot = keep_logs;
             config.heartbeat_ms = heartbeat_ms;
+            config.fsync_poll = fsync_poll_us.map(std::time::Duration::from_micros);
             config.election_min_ms = heartbeat_ms * 5;
             config.election_max_ms = heartbeat_ms * 10;
             let node = LockNode::start(
