@@ -449,8 +449,9 @@ fn main() {
         );
         let stats = fence.backend.stats();
         println!(
-            "\nfencelock commands written in one round trip from remembered state: {}; found stale: {}",
-            stats.one_round_trip, stats.stale
+            "\nfencelock commands written in one round trip from remembered state: {}; found stale: {}; \
+             sharing a transaction: {}",
+            stats.one_round_trip, stats.stale, stats.combined
         );
     });
 }

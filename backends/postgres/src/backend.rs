@@ -140,9 +140,13 @@ impl PgBackend {
     }
 
     /// How often commands were written in one round trip from what this
-    /// process remembered of their key, and how often that was stale.
+    /// process remembered of their key, how often that was stale, and how
+    /// many shared a transaction with others.
     pub fn stats(&self) -> crate::PgStats {
-        self.inner.store.known.stats()
+        crate::PgStats {
+            combined: self.inner.store.combiner.shared(),
+            ..self.inner.store.known.stats()
+        }
     }
 
     /// The Postgres schema this backend uses.

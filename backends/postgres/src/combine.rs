@@ -30,6 +30,7 @@ use crate::store::{Applied, Item, Store};
 use fencelock::{Command, Error};
 use fencelock_core::LockKey;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{oneshot, Notify};
@@ -51,6 +52,15 @@ struct Entry {
 #[derive(Default)]
 pub(crate) struct Combiner {
     queues: Mutex<HashMap<LockKey, Entry>>,
+    /// Commands that shared their transaction with another.
+    shared: AtomicU64,
+}
+
+impl Combiner {
+    /// Commands so far that shared their transaction with another.
+    pub fn shared(&self) -> u64 {
+        self.shared.load(Ordering::Relaxed)
+    }
 }
 
 fn not_sent() -> Error {
@@ -206,6 +216,10 @@ async fn drain(store: Arc<Store>, key: LockKey, linger: Option<Arc<Notify>>) {
             entry.queue.drain(..n).collect()
         };
         let items: Vec<Item> = batch.iter().map(|(item, _)| item.clone()).collect();
+        if items.len() > 1 {
+            let n = items.len() as u64;
+            store.combiner.shared.fetch_add(n, Ordering::Relaxed);
+        }
         match store.apply_keyed(&key, &items).await {
             Ok(applied) => {
                 for ((_, reply), applied) in batch.into_iter().zip(applied) {

@@ -76,6 +76,9 @@ pub struct PgStats {
     /// Commands that tried and found the key changed (or the clock out of
     /// bounds): they cost one round trip more than the ordinary way.
     pub stale: u64,
+    /// Commands that shared a transaction (and its commit) with other
+    /// commands of this process on the same key.
+    pub combined: u64,
 }
 
 impl KnownKeys {
@@ -99,6 +102,7 @@ impl KnownKeys {
         PgStats {
             one_round_trip: self.hits.load(Ordering::Relaxed),
             stale: self.misses.load(Ordering::Relaxed),
+            combined: 0,
         }
     }
 

@@ -216,3 +216,82 @@ async fn the_server_checks_an_estimated_time() {
         .get(0);
     assert_eq!(store(now, i64::MAX).await, 1);
 }
+
+/// Clients of one process contending for a key share transactions, each
+/// command still getting its own answer; dropping callers mid-flight
+/// strands nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_contending_for_a_key_shares_commits() {
+    let url = shared_url();
+    let schema = unique_schema("combine");
+    let b = backend(&url, &schema).await;
+    let key = LockKey::new("known", "hot").unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let (b, key) = (b.clone(), key.clone());
+        tasks.push(tokio::spawn(async move {
+            let s = open(&b).await;
+            let mut tokens = Vec::new();
+            for round in 0..6 {
+                let blocking = Command::Acquire {
+                    key: key.clone(),
+                    session: s,
+                    mode: Mode::Exclusive,
+                    timeout_ms: Some(20_000),
+                };
+                if (i + round) % 4 == 0 {
+                    // A caller that gives up at once (its own session): its
+                    // command may or may not run; closing the session ends
+                    // whatever it did. Nobody else may be stranded by it.
+                    let quitter = open(&b).await;
+                    let command = Command::Acquire {
+                        key: key.clone(),
+                        session: quitter,
+                        mode: Mode::Exclusive,
+                        timeout_ms: Some(20_000),
+                    };
+                    let _ =
+                        tokio::time::timeout(Duration::from_micros(50), b.execute(command, None))
+                            .await;
+                    b.execute(Command::CloseSession { session: quitter }, None)
+                        .await
+                        .unwrap();
+                    continue;
+                }
+                let token = match b.execute(blocking, None).await.unwrap() {
+                    Response::Granted(g) => g.token.0,
+                    Response::Queued { .. } => loop {
+                        match b.wait(&key, s, Duration::from_secs(20)).await.unwrap() {
+                            fencelock::WaitStatus::Granted(g) => break g.token.0,
+                            fencelock::WaitStatus::Waiting => continue,
+                            other => panic!("wait ended: {other:?}"),
+                        }
+                    },
+                    other => panic!("acquire: {other:?}"),
+                };
+                tokens.push(token);
+                release(&b, &key, s, token).await.unwrap();
+            }
+            tokens
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(
+            tokio::time::timeout(Duration::from_secs(60), t)
+                .await
+                .expect("no task hangs")
+                .unwrap(),
+        );
+    }
+    let n = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), n, "every grant has its own token");
+    assert!(b.stats().combined > 0, "{:?}", b.stats());
+    let info = b.describe(&key).await.unwrap().expect("the lock exists");
+    assert!(
+        info.holders.is_empty() && info.waiters.is_empty(),
+        "{info:?}"
+    );
+}
