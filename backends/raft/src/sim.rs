@@ -8,7 +8,7 @@
 //! so parallel seeds never share a clock or a record.
 
 use crate::clock::Clock;
-use fencelock_core::Millis;
+use fencelock_core::{Command, LockKey, Millis, SessionId};
 use openraft::async_runtime::AsyncOneshotSendExt;
 use openraft::{AsyncRuntime, OptionalSend};
 use std::cell::RefCell;
@@ -144,6 +144,8 @@ impl AsyncRuntime for MadsimRuntime {
 pub enum Planted {
     /// Replicas apply each entry at their own clock, not the leader's stamp.
     LocalClockApply,
+    /// A queued acquire jumps ahead of the waiters already queued (LIFO).
+    NewestWaiterFirst,
 }
 
 thread_local! {
@@ -185,6 +187,40 @@ pub fn reset() {
     CLOCKS.with(|c| c.borrow_mut().clear());
     PLANTED.with(|p| p.borrow_mut().clear());
     GRACES.with(|g| g.borrow_mut().clear());
+}
+
+/// The planted FIFO bug: moves every other waiter of `key` behind
+/// `newest`, within the same entry (their waits are re-queued with what was
+/// left of their timeouts; the wait book is not told).
+pub fn newest_waiter_first(
+    table: &mut fencelock_core::Table,
+    key: &LockKey,
+    newest: SessionId,
+    now: Millis,
+) {
+    let Some(info) = table.describe(key) else {
+        return;
+    };
+    let mut events = Vec::new();
+    for w in info.waiters.iter().filter(|w| w.session != newest) {
+        let (key, session) = (key.clone(), w.session);
+        let timeout_ms = w.deadline.map(|d| d.saturating_sub(now).max(1));
+        let _ = table.apply(
+            now,
+            &Command::CancelWait {
+                key: key.clone(),
+                session,
+            },
+            &mut events,
+        );
+        let acquire = Command::Acquire {
+            key,
+            session,
+            mode: w.mode,
+            timeout_ms,
+        };
+        let _ = table.apply(now, &acquire, &mut events);
+    }
 }
 
 // ----- clocks -----------------------------------------------------------------

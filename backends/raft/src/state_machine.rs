@@ -98,6 +98,17 @@ impl Replica {
                                 if pending {
                                     self.waits.forget(*session, key)
                                 }
+                                #[cfg(madsim)]
+                                if pending
+                                    && crate::sim::planted(crate::sim::Planted::NewestWaiterFirst)
+                                {
+                                    crate::sim::newest_waiter_first(
+                                        &mut self.table,
+                                        key,
+                                        *session,
+                                        *now,
+                                    );
+                                }
                             }
                             (Ok(Response::Released), Command::Release { key, session, .. }) => {
                                 self.waits.forget(*session, key)
