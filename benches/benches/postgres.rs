@@ -408,6 +408,8 @@ fn main() {
         // The disk's flush latency swings with whatever else the machine
         // writes, so the three contenders take turns in short slices.
         let only = std::env::var("FENCELOCK_BENCH_ONLY").unwrap_or_default();
+        // For a profiler: run fencelock alone.
+        let profile_only = std::env::var("FENCELOCK_BENCH_PROFILE").is_ok();
         for (label, clients, shared) in [
             ("1 client: acquire+release pairs/s", 1, false),
             ("16 clients, distinct keys: pairs/s", CLIENTS, false),
@@ -419,6 +421,9 @@ fn main() {
             let mut samples: Vec<Sample> = kinds.iter().map(|_| Sample::default()).collect();
             for _ in 0..ROUNDS {
                 for (i, kind) in kinds.iter().enumerate() {
+                    if profile_only && *kind != Kind::Fencelock {
+                        continue;
+                    }
                     let slice = measure(*kind, &url, &fence, clients, shared, run / ROUNDS).await;
                     samples[i].add(slice);
                 }

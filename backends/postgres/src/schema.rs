@@ -146,10 +146,28 @@ fn migrations(s: &str) -> Vec<String> {
         // more than `p_lag` after it, or at/after `p_until`. Both functions
         // share-lock a list of session rows (a transaction may carry several
         // commands; see `combine.rs`), in id order.
+        //
+        // And updates of a lock row become HOT (no index touched, no dead
+        // index entries to step over): a session's keys are found through
+        // `members` (a row per session and key whose record mentions it,
+        // added when the session first appears in the record, deleted with
+        // the session) instead of a GIN index on `active`, which changed on
+        // every acquire and release; tombstones are indexed by `live` alone,
+        // not by `updated_at`; pages keep room for new row versions.
         format!(
             "DROP FUNCTION {s}.store_key(text, text, boolean, bytea, boolean, bigint[], bigint[],
                                      bigint, bigint, bigint, text, bigint, bigint);
          DROP FUNCTION {s}.load_key(text, text, bigint[], bigint, boolean, bigint);
+         CREATE TABLE {s}.members (
+             session_id bigint NOT NULL,
+             namespace text NOT NULL,
+             name text NOT NULL,
+             PRIMARY KEY (session_id, namespace, name));
+         INSERT INTO {s}.members SELECT DISTINCT unnest(known), namespace, name FROM {s}.locks;
+         DROP INDEX {s}.locks_active;
+         DROP INDEX {s}.locks_tombstones;
+         CREATE INDEX locks_tombstones ON {s}.locks (live) WHERE NOT live;
+         ALTER TABLE {s}.locks SET (fillfactor = 70);
          CREATE FUNCTION {s}.load_key(p_ns text, p_name text, p_extra bigint[],
                                       p_share bigint[], p_lock boolean, p_count_for bigint)
          RETURNS TABLE (now bigint, token_floor bigint, record bytea, sid bigint[],
@@ -166,7 +184,9 @@ fn migrations(s: &str) -> Vec<String> {
              SELECT {now}, (SELECT m.token_floor FROM {s}.meta m), l.record,
                     {ids}, {ttls}, {expiries},
                     CASE WHEN p_count_for IS NULL THEN 0::bigint ELSE (
-                        SELECT count(*) FROM {s}.locks o WHERE o.active @> ARRAY[p_count_for]
+                        SELECT count(*) FROM {s}.members m JOIN {s}.locks o
+                            ON o.namespace = m.namespace AND o.name = m.name
+                        WHERE m.session_id = p_count_for AND o.active @> ARRAY[p_count_for]
                         AND NOT (o.namespace = p_ns AND o.name = p_name)) END,
                     l.version
              FROM (VALUES (1)) AS one (x)
@@ -177,7 +197,8 @@ fn migrations(s: &str) -> Vec<String> {
                                        p_live boolean, p_active bigint[], p_known bigint[],
                                        p_deadline bigint, p_last_token bigint, p_updated_at bigint,
                                        p_notify text, p_expected bigint, p_share bigint[],
-                                       p_now bigint, p_until bigint, p_lag bigint)
+                                       p_now bigint, p_until bigint, p_lag bigint,
+                                       p_join bigint[])
          RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$
          DECLARE n bigint; c bigint;
          BEGIN
@@ -208,6 +229,10 @@ fn migrations(s: &str) -> Vec<String> {
                    AND (p_expected IS NULL OR version = p_expected);
              END IF;
              GET DIAGNOSTICS n = ROW_COUNT;
+             IF n = 1 AND p_join IS NOT NULL THEN
+                 INSERT INTO {s}.members SELECT j, p_ns, p_name FROM unnest(p_join) AS j
+                 ON CONFLICT DO NOTHING;
+             END IF;
              IF n = 1 AND p_notify IS NOT NULL THEN
                  PERFORM pg_notify('{channel}', p_notify);
              END IF;
@@ -219,6 +244,15 @@ fn migrations(s: &str) -> Vec<String> {
 
 /// Creates the schema or upgrades it to [`SCHEMA_VERSION`].
 pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), Error> {
+    migrate_to(client, schema, SCHEMA_VERSION).await
+}
+
+/// Creates the schema or upgrades it to `target` (≤ [`SCHEMA_VERSION`]).
+pub(crate) async fn migrate_to(
+    client: &mut Client,
+    schema: &str,
+    target: i32,
+) -> Result<(), Error> {
     let tx = client.transaction().await.map_err(db_error)?;
     let lock_name = format!("fencelock migrate {schema}");
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&lock_name])
@@ -246,7 +280,9 @@ pub(crate) async fn migrate(client: &mut Client, schema: &str) -> Result<(), Err
              {SCHEMA_VERSION}; upgrade fencelock-postgres"
         )));
     }
-    for (from, sql) in migrations(schema).iter().enumerate().skip(current as usize) {
+    let upgrades = migrations(schema);
+    let wanted = upgrades.iter().take(target.max(0) as usize);
+    for (from, sql) in wanted.enumerate().skip(current as usize) {
         tx.batch_execute(sql).await.map_err(db_error)?;
         let to = from as i32 + 1;
         tx.execute(

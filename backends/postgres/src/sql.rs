@@ -41,7 +41,7 @@ impl Sql {
             load: format!("SELECT * FROM {s}.load_key($1, $2, $3, $4, $5, $6)"),
             store: format!(
                 "SELECT {s}.store_key($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
-                 $14, $15, $16)"
+                 $14, $15, $16, $17)"
             ),
             notify: "SELECT pg_notify($1, $2)".into(),
             // $3: the request id (NULL: none). A known id answers its first
@@ -72,19 +72,27 @@ impl Sql {
                 "SELECT {NOW_MS}, expires_at FROM {s}.sessions WHERE id = $1 FOR UPDATE"
             ),
             locks_of_session: format!(
-                "SELECT namespace, name FROM {s}.locks WHERE active @> ARRAY[$1::bigint] \
-                 ORDER BY namespace, name FOR UPDATE"
+                "SELECT l.namespace, l.name FROM {s}.members m JOIN {s}.locks l \
+                 ON l.namespace = m.namespace AND l.name = m.name \
+                 WHERE m.session_id = $1 AND l.active @> ARRAY[$1::bigint] \
+                 ORDER BY l.namespace, l.name FOR UPDATE OF l"
             ),
-            delete_session: format!("DELETE FROM {s}.sessions WHERE id = $1"),
+            delete_session: format!(
+                "WITH gone AS (DELETE FROM {s}.sessions WHERE id = $1) \
+                 DELETE FROM {s}.members WHERE session_id = $1"
+            ),
             due_locks: format!(
                 "SELECT namespace, name FROM {s}.locks WHERE deadline <= {NOW_MS} \
                  ORDER BY deadline LIMIT $1 FOR UPDATE SKIP LOCKED"
             ),
             expired_session_locks: format!(
-                "SELECT namespace, name FROM {s}.locks WHERE active && ARRAY(\
-                     SELECT id FROM {s}.sessions WHERE expires_at <= {NOW_MS} \
+                "WITH gone AS (SELECT id FROM {s}.sessions WHERE expires_at <= {NOW_MS} \
                      ORDER BY expires_at LIMIT 256) \
-                 ORDER BY namespace, name LIMIT $1 FOR UPDATE SKIP LOCKED"
+                 SELECT l.namespace, l.name FROM {s}.locks l WHERE (l.namespace, l.name) IN (\
+                     SELECT m.namespace, m.name FROM {s}.members m \
+                     WHERE m.session_id IN (SELECT id FROM gone)) \
+                 AND l.active && ARRAY(SELECT id FROM gone) \
+                 ORDER BY l.namespace, l.name LIMIT $1 FOR UPDATE OF l SKIP LOCKED"
             ),
             next_deadline: format!(
                 "SELECT {NOW_MS}, (SELECT min(deadline) FROM {s}.locks), \
@@ -94,8 +102,12 @@ impl Sql {
                 "WITH gone AS (DELETE FROM {s}.sessions s WHERE s.id IN (\
                      SELECT id FROM {s}.sessions WHERE expires_at <= {NOW_MS} - $1 \
                      ORDER BY expires_at LIMIT 1000 FOR UPDATE SKIP LOCKED) \
-                 AND NOT EXISTS (SELECT 1 FROM {s}.locks l WHERE l.active @> ARRAY[s.id]) \
-                 RETURNING 1) SELECT count(*) FROM gone"
+                 AND NOT EXISTS (SELECT 1 FROM {s}.members m JOIN {s}.locks l \
+                     ON l.namespace = m.namespace AND l.name = m.name \
+                     WHERE m.session_id = s.id AND l.active @> ARRAY[s.id]) \
+                 RETURNING s.id), \
+                 left_behind AS (DELETE FROM {s}.members m USING gone WHERE m.session_id = gone.id) \
+                 SELECT count(*) FROM gone"
             ),
             purge_tombstones: format!(
                 "WITH gone AS (\
@@ -116,8 +128,10 @@ impl Sql {
                 "SELECT {NOW_MS}, ttl_ms, expires_at FROM {s}.sessions WHERE id = $1"
             ),
             keys_of_session: format!(
-                "SELECT namespace, name FROM {s}.locks WHERE active @> ARRAY[$1::bigint] \
-                 ORDER BY namespace, name"
+                "SELECT l.namespace, l.name FROM {s}.members m JOIN {s}.locks l \
+                 ON l.namespace = m.namespace AND l.name = m.name \
+                 WHERE m.session_id = $1 AND l.active @> ARRAY[$1::bigint] \
+                 ORDER BY l.namespace, l.name"
             ),
             channel: channel(s),
         }

@@ -160,6 +160,9 @@ pub(crate) struct Write {
     /// Computed at this estimated server time, valid until the second
     /// instant (see `known.rs`): the server checks its clock against both.
     estimated: Option<(i64, i64)>,
+    /// Sessions the record mentions for the first time: they get their
+    /// `members` row, by which their keys are found.
+    join: Option<Vec<i64>>,
 }
 
 pub(crate) struct Store {
@@ -662,6 +665,7 @@ impl Store {
             (&estimated_now, Type::INT8),
             (&valid_until, Type::INT8),
             (&MAX_LAG_MS, Type::INT8),
+            (&w.join, Type::INT8_ARRAY),
         ];
         let rows = pg::query(client, &self.sql.store, params).await?;
         Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)))
@@ -732,6 +736,16 @@ pub(crate) fn plan_write(loaded: &Loaded) -> Result<Option<Write>, Error> {
         }
     }
     let ids = |v: Vec<SessionId>| v.into_iter().map(session_param).collect::<Vec<i64>>();
+    let known = ids(record.sessions());
+    let before: Vec<i64> = match (&loaded.before, loaded.existed) {
+        (Some(before), true) => ids(before.sessions()),
+        _ => Vec::new(),
+    };
+    let join: Vec<i64> = known
+        .iter()
+        .copied()
+        .filter(|s| !before.contains(s))
+        .collect();
     Ok(Some(Write {
         key: loaded.key.clone(),
         insert: !loaded.existed,
@@ -740,7 +754,8 @@ pub(crate) fn plan_write(loaded: &Loaded) -> Result<Option<Write>, Error> {
             .map_err(|e| corrupt(format!("encoding: {e}")))?,
         live: record.exists(),
         active: ids(record.active_sessions()),
-        known: ids(record.sessions()),
+        known,
+        join: (!join.is_empty()).then_some(join),
         deadline: loaded
             .view
             .deadline()

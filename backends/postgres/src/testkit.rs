@@ -404,3 +404,16 @@ impl Drop for TempBouncer {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Creates `schema` at an older `version` (for upgrade tests): the
+/// migrations up to it, as a process of that version would have run them.
+pub async fn migrate_to(url: &str, schema: &str, version: i32) -> Result<(), fencelock::Error> {
+    let (mut client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(crate::error::db_error)?;
+    let driver = tokio::spawn(connection);
+    let migrated = crate::schema::migrate_to(&mut client, schema, version).await;
+    drop(client);
+    let _ = driver.await;
+    migrated
+}

@@ -177,7 +177,7 @@ async fn the_server_checks_an_estimated_time() {
                 .query_one(
                     &format!(
                         "SELECT {schema}.store_key('known', 'k', false, $1, true, '{{}}', '{{}}', \
-                         NULL, 1, $2, NULL, $3, NULL, $2, $4, 25)"
+                         NULL, 1, $2, NULL, $3, NULL, $2, $4, 25, NULL)"
                     ),
                     &[&record, &p_now, &version, &p_until],
                 )

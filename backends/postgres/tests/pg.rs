@@ -351,3 +351,76 @@ async fn retried_session_less_requests_are_applied_once() {
         .await
         .expect("the next holder keeps the lock");
 }
+
+/// A database written by version 1 (keys found through a GIN index on the
+/// holders) upgrades in place: its holders become `members`, so closing or
+/// describing a session still finds its keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_1_database_upgrades_with_its_holders() {
+    use fencelock_core::{KeyView, Limits, SessionRecord};
+    let url = shared_url();
+    let schema = unique_schema("upgrade");
+    fencelock_postgres::testkit::migrate_to(&url, &schema, 1)
+        .await
+        .unwrap();
+    let db = sql(&url).await;
+    let now: i64 = db
+        .query_one(
+            "SELECT floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let session = SessionId(4242);
+    db.execute(
+        &format!("INSERT INTO {schema}.sessions VALUES (4242, 60000, $1)"),
+        &[&(now + 60_000)],
+    )
+    .await
+    .unwrap();
+    // The row a version-1 process wrote for a lock session 4242 holds.
+    let key = LockKey::new("upgrade", "k").unwrap();
+    let row = SessionRecord {
+        id: session,
+        ttl_ms: 60_000,
+        expires_at: (now + 60_000) as u64,
+    };
+    let mut view = KeyView::load(Limits::default(), key.clone(), None, &[row], 0);
+    let granted = view.apply(
+        now as u64,
+        None,
+        &acquire(&key, session, Some(0)),
+        &mut Vec::new(),
+    );
+    assert!(matches!(granted, Ok(Response::Granted(_))), "{granted:?}");
+    let record = view.record();
+    let bytes = record.to_bytes().unwrap();
+    let ids: Vec<i64> = vec![4242];
+    db.execute(
+        &format!(
+            "SELECT {schema}.store_key('upgrade', 'k', true, $1, true, $2, $2, NULL, $3, $4, \
+             NULL, NULL, NULL)"
+        ),
+        &[&bytes, &ids, &(record.last_token().0 as i64), &now],
+    )
+    .await
+    .unwrap();
+    // Upgrade by starting the current version.
+    let b = PgBackend::connect(PgConfig::new(url.clone()).with_schema(schema.clone()))
+        .await
+        .unwrap();
+    let info = b.describe_session(session).await.unwrap().expect("session");
+    assert_eq!(info.holds.len(), 1, "{info:?}");
+    b.execute(Command::CloseSession { session }, None)
+        .await
+        .unwrap();
+    let lock = b.describe(&key).await.unwrap().expect("lock");
+    assert!(lock.holders.is_empty(), "{lock:?}");
+    let left: i64 = db
+        .query_one(&format!("SELECT count(*) FROM {schema}.members"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "a closed session leaves no members behind");
+}
