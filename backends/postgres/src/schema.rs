@@ -153,7 +153,10 @@ fn migrations(s: &str) -> Vec<String> {
         // added when the session first appears in the record, deleted with
         // the session) instead of a GIN index on `active`, which changed on
         // every acquire and release; tombstones are indexed by `live` alone,
-        // not by `updated_at`; pages keep room for new row versions.
+        // not by `updated_at`; pages keep room for new row versions. The
+        // functions always use generic plans: their statements look a row up
+        // by primary key, and re-planning them per call cost more than
+        // running them.
         format!(
             "DROP FUNCTION {s}.store_key(text, text, boolean, bytea, boolean, bigint[], bigint[],
                                      bigint, bigint, bigint, text, bigint, bigint);
@@ -172,7 +175,7 @@ fn migrations(s: &str) -> Vec<String> {
                                       p_share bigint[], p_lock boolean, p_count_for bigint)
          RETURNS TABLE (now bigint, token_floor bigint, record bytea, sid bigint[],
                         sttl bigint[], sexp bigint[], others bigint, version bigint)
-         LANGUAGE plpgsql VOLATILE AS $fn$
+         LANGUAGE plpgsql VOLATILE SET plan_cache_mode = force_generic_plan AS $fn$
          BEGIN
              IF p_share IS NOT NULL THEN
                  PERFORM 1 FROM {s}.sessions WHERE id = ANY(p_share) ORDER BY id FOR KEY SHARE;
@@ -199,7 +202,8 @@ fn migrations(s: &str) -> Vec<String> {
                                        p_notify text, p_expected bigint, p_share bigint[],
                                        p_now bigint, p_until bigint, p_lag bigint,
                                        p_join bigint[])
-         RETURNS bigint LANGUAGE plpgsql VOLATILE AS $fn$
+         RETURNS bigint LANGUAGE plpgsql VOLATILE
+         SET plan_cache_mode = force_generic_plan AS $fn$
          DECLARE n bigint; c bigint;
          BEGIN
              IF p_now IS NOT NULL THEN
