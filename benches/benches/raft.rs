@@ -425,5 +425,13 @@ fn main() {
             );
         }
     }
+    for (w, r) in etcd.iter().flat_map(|runs| runs.iter().enumerate()) {
+        println!(
+            "| etcd 3.4, 3 nodes | {} | {:.0} | {} | |",
+            WORKLOADS[w],
+            r.per_sec,
+            lat(r)
+        );
+    }
     println!("\nload average after: {}", loadavg());
 }
