@@ -247,7 +247,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        Ok(self.mem().vote)
+        let mut mem = self.mem();
+        // openraft resumes a committed vote of its own as leader of the same
+        // term. A leader that wrote in parallel may have lost in a crash
+        // entries its followers hold; resuming would re-issue their log ids
+        // with other contents, and followers keep the old ones (replicas
+        // diverge; found by the simulator). Come back as a candidate of that
+        // term instead: the next leader has a new term.
+        if let (Some(me), Some(vote)) = (self.parallel_as.get(), mem.vote) {
+            if vote.is_committed() && vote.leader_id().node_id == *me {
+                mem.vote = Some(Vote::new(vote.leader_id().term, *me));
+            }
+        }
+        Ok(mem.vote)
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
@@ -320,5 +332,30 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             self.sink.rewrite(image, None);
         }
         Ok(())
+    }
+}
+
+#[cfg(all(test, not(madsim)))]
+mod tests {
+    use super::*;
+    use crate::wal::MemDisk;
+
+    /// A node that wrote in parallel must not resume its old term as leader
+    /// after a restart (see `read_vote`); others keep their committed vote.
+    #[tokio::test]
+    async fn a_parallel_leader_restarts_as_a_candidate_of_its_term() {
+        for parallel in [true, false] {
+            let disk = Arc::new(MemDisk::default());
+            let mut log = LogStore::on_sink(&[], disk.clone()).unwrap();
+            log.save_vote(&Vote::new_committed(7, 1)).await.unwrap();
+            let mut again = LogStore::on_sink(&disk.contents(), disk.clone()).unwrap();
+            if parallel {
+                again.write_in_parallel_as(1);
+            }
+            let vote = again.read_vote().await.unwrap().unwrap();
+            assert_eq!(vote.leader_id().term, 7);
+            assert_eq!(vote.leader_id().node_id, 1);
+            assert_eq!(vote.is_committed(), !parallel, "parallel: {parallel}");
+        }
     }
 }
