@@ -254,6 +254,37 @@ async fn measure(
     }
 }
 
+/// A thread that wakes every 50 µs, so a vCPU is never idle long (see main).
+struct CpuWaker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CpuWaker {
+    fn start() -> CpuWaker {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        });
+        CpuWaker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for CpuWaker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A TCP proxy that counts round trips: each time the client speaks after
 /// the server has (the client waited for an answer), one more.
 async fn counting_proxy(upstream: std::net::SocketAddr) -> (u16, Arc<AtomicU64>) {
@@ -404,12 +435,19 @@ fn main() {
             // An experiment on the backend's tables (e.g. an index setting).
             admin.batch_execute(&sql.replace("{schema}", &schema)).await.expect("FENCELOCK_BENCH_SQL");
         }
-        let mut rows: Vec<(String, Vec<Run>)> = Vec::new();
         // The disk's flush latency swings with whatever else the machine
         // writes, so the three contenders take turns in short slices.
         let only = std::env::var("FENCELOCK_BENCH_ONLY").unwrap_or_default();
         // For a profiler: run fencelock alone.
         let profile_only = std::env::var("FENCELOCK_BENCH_PROFILE").is_ok();
+        // This VM delivers an fsync's completion to an idle vCPU late (ms);
+        // the second table keeps a CPU awake, the same for all three.
+        for awake in [false, true] {
+        let waker = awake.then(CpuWaker::start);
+        if awake {
+            println!("| *same, with a thread waking a CPU every 50 µs* | | | | |");
+        }
+        let mut rows: Vec<(String, Vec<Run>)> = Vec::new();
         for (label, clients, shared) in [
             ("1 client: acquire+release pairs/s", 1, false),
             ("16 clients, distinct keys: pairs/s", CLIENTS, false),
@@ -442,6 +480,8 @@ fn main() {
                 "| 16 clients, one key: acquire p50 / p99 (ms) | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | |",
                 ms(runs[0].p50), ms(runs[0].p99), ms(runs[1].p50), ms(runs[1].p99), ms(runs[2].p50), ms(runs[2].p99)
             );
+        }
+        drop(waker);
         }
         let (port, count) = counting_proxy(format!("127.0.0.1:{}", port_of(&url)).parse().expect("addr")).await;
         let mut rts = Vec::new();
