@@ -13,6 +13,10 @@
 //! - the commit index sent to followers is clamped to what is durable here
 //!   ([`Durable::clamp_commit`]), so no follower applies it earlier either.
 //!
+//! - a node answers no append request while entries it wrote as leader are
+//!   still unflushed ([`Durable::wait_queued`]): once deposed, it would
+//!   otherwise confirm to the new leader a log it does not have on disk yet.
+//!
 //! So an entry takes effect anywhere only once it is on the leader's disk and
 //! on the disks of the followers that completed the quorum: still a majority.
 //! If the leader dies before its fsync, the entry was applied nowhere and
@@ -29,6 +33,8 @@ use tokio::sync::watch;
 struct State {
     /// Every entry at or below this index is durable.
     upto: Option<u64>,
+    /// The last index queued for writing.
+    queued: Option<u64>,
     /// Bumped by each truncation: a completion queued before it says nothing
     /// about the entries that replaced the truncated ones.
     epoch: u64,
@@ -47,6 +53,7 @@ impl Durable {
     pub fn new(upto: Option<u64>) -> Durable {
         let state = State {
             upto,
+            queued: upto,
             ..State::default()
         };
         Durable {
@@ -64,10 +71,21 @@ impl Durable {
         }
     }
 
-    /// The epoch to hand to [`Durable::completed`]; read when the write is
-    /// queued, under the log's lock.
-    pub(crate) fn epoch(&self) -> u64 {
-        self.tx.borrow().epoch
+    /// Entries up to `last` were queued for writing; returns the epoch to
+    /// hand to [`Durable::completed`]. Called under the log's lock.
+    pub(crate) fn queue(&self, last: Option<u64>) -> u64 {
+        let mut epoch = 0;
+        self.tx.send_if_modified(|s| {
+            epoch = s.epoch;
+            match last {
+                Some(last) if s.queued < Some(last) => {
+                    s.queued = Some(last);
+                    true
+                }
+                _ => false,
+            }
+        });
+        epoch
     }
 
     /// A write of entries up to `last`, queued in `epoch`, completed with `r`.
@@ -92,14 +110,25 @@ impl Durable {
         self.tx.send_modify(|s| {
             s.epoch += 1;
             s.upto = s.upto.min(index.checked_sub(1));
+            s.queued = s.queued.min(index.checked_sub(1));
         });
     }
 
     /// Waits until the entry at `index` is durable here.
     pub async fn wait_for(&self, index: u64) -> io::Result<()> {
+        self.wait(|s| s.upto >= Some(index)).await
+    }
+
+    /// Waits until everything queued so far is durable.
+    pub async fn wait_queued(&self) -> io::Result<()> {
+        let queued = self.tx.borrow().queued;
+        self.wait(|s| s.upto >= queued).await
+    }
+
+    async fn wait(&self, done: impl Fn(&State) -> bool) -> io::Result<()> {
         let mut rx = self.tx.subscribe();
         let state = rx
-            .wait_for(|s| s.failed || s.upto >= Some(index))
+            .wait_for(|s| s.failed || done(s))
             .await
             .map_err(|_| io::Error::other("the log is gone"))?;
         if state.failed {
@@ -151,19 +180,21 @@ mod tests {
     #[test]
     fn completions_raise_the_index_and_truncation_lowers_it() {
         let d = Durable::new(Some(3));
-        let e = d.epoch();
+        let e = d.queue(Some(7));
         d.completed(e, 7, &Ok(()));
         assert_eq!(d.index(), Some(7));
         // A truncation while an older write of 8..=9 is still queued: its
         // completion must not vouch for the entries that replace them.
-        let old = d.epoch();
+        let old = d.queue(Some(9));
         d.truncated(6);
         assert_eq!(d.index(), Some(5));
         d.completed(old, 9, &Ok(()));
         assert_eq!(d.index(), Some(5));
-        d.completed(d.epoch(), 8, &Ok(()));
+        let e = d.queue(Some(8));
+        d.completed(e, 8, &Ok(()));
         assert_eq!(d.index(), Some(8));
-        d.completed(d.epoch(), 9, &Err(io::Error::other("disk gone")));
+        let e = d.queue(Some(9));
+        d.completed(e, 9, &Err(io::Error::other("disk gone")));
         assert_eq!(d.index(), None);
     }
 
@@ -179,7 +210,8 @@ mod tests {
             d.clamp_commit(Some(id(8)), Some(id(5)), &entries),
             Some(id(5))
         );
-        d.completed(d.epoch(), 7, &Ok(()));
+        let e = d.queue(Some(8));
+        d.completed(e, 7, &Ok(()));
         assert_eq!(
             d.clamp_commit(Some(id(8)), Some(id(5)), &entries),
             Some(id(7))
@@ -197,8 +229,17 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
-        d.completed(d.epoch(), 2, &Ok(()));
+        let e = d.queue(Some(3));
+        let queued = tokio::spawn({
+            let d = d.clone();
+            async move { d.wait_queued().await }
+        });
+        d.completed(e, 2, &Ok(()));
         waiter.await.unwrap().unwrap();
+        tokio::task::yield_now().await;
+        assert!(!queued.is_finished(), "3 is queued, not yet durable");
+        d.completed(e, 3, &Ok(()));
+        queued.await.unwrap().unwrap();
         let failed = Durable::new(None);
         failed.completed(0, 1, &Err(io::Error::other("x")));
         assert!(failed.wait_for(1).await.is_err());

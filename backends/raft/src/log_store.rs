@@ -288,7 +288,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let last = entries.last().map(|e| e.log_id.index);
         let mut mem = self.mem();
         let parallel = last.is_some() && self.parallel(&mem, &entries);
-        let (durable, epoch) = (self.durable.clone(), self.durable.epoch());
+        let (durable, epoch) = (self.durable.clone(), self.durable.queue(last));
         let mark = move |r: &io::Result<()>| {
             if let Some(last) = last {
                 durable.completed(epoch, last, r);

@@ -151,6 +151,8 @@ struct Inner {
     graced: watch::Sender<u64>,
     /// How recent a quorum's acknowledgement must be to skip a read barrier.
     quorum_fresh_ms: u64,
+    /// With parallel leader writes: the local log's durable index.
+    durable: Option<crate::durable::Durable>,
 }
 
 /// A running lock node. Clones share it.
@@ -194,7 +196,7 @@ impl LockNode {
             sm.apply_once_durable(log.durable());
             durable = Some(log.durable());
         }
-        let network = Network::new(transport, durable);
+        let network = Network::new(transport, durable.clone());
         let raft = Raft::new(config.id, raft_config, network, log, sm)
             .await
             .map_err(|e| NodeError::Raft(e.to_string()))?;
@@ -213,6 +215,7 @@ impl LockNode {
                 clock,
                 graced: watch::channel(0).0,
                 quorum_fresh_ms: config.election_min_ms,
+                durable,
             }),
         };
         crate::rt::spawn(grace_loop(node.clone()));
@@ -254,7 +257,18 @@ impl LockNode {
     pub async fn handle_raft(&self, rpc: RaftRpc) -> RaftReply {
         let raft = &self.inner.raft;
         match rpc {
-            RaftRpc::Append(r) => RaftReply::Append(raft.append_entries(r).await),
+            RaftRpc::Append(r) => {
+                // Entries this node wrote as leader may still be unflushed:
+                // confirm no log to a new leader before they are on disk.
+                if let Some(d) = &self.inner.durable {
+                    if d.wait_queued().await.is_err() {
+                        return RaftReply::Append(Err(RaftError::Fatal(
+                            openraft::error::Fatal::Stopped,
+                        )));
+                    }
+                }
+                RaftReply::Append(raft.append_entries(r).await)
+            }
             RaftRpc::Vote(r) => RaftReply::Vote(raft.vote(r).await),
             RaftRpc::Snapshot(r) => RaftReply::Snapshot(raft.install_snapshot(r).await),
         }
