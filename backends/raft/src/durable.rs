@@ -29,15 +29,19 @@ use std::io;
 use std::sync::Arc;
 use tokio::sync::watch;
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct State {
     /// Every entry at or below this index is durable.
     upto: Option<u64>,
     /// The last index queued for writing.
     queued: Option<u64>,
-    /// Bumped by each truncation: a completion queued before it says nothing
-    /// about the entries that replaced the truncated ones.
+    /// Bumped by each truncation: a completion queued before it vouches
+    /// only for the entries below the truncation, not for those that
+    /// replaced the truncated ones.
     epoch: u64,
+    /// Truncations not yet passed by a completion: (epoch they began, last
+    /// index they kept).
+    truncations: Vec<(u64, Option<u64>)>,
     /// The log could not be written; nothing will become durable again.
     failed: bool,
 }
@@ -63,7 +67,7 @@ impl Durable {
 
     /// The highest index known durable (`None` if none, or if the log failed).
     pub fn index(&self) -> Option<u64> {
-        let s = *self.tx.borrow();
+        let s = self.tx.borrow();
         if s.failed {
             None
         } else {
@@ -93,24 +97,37 @@ impl Durable {
     /// that came before is durable too.
     pub(crate) fn completed(&self, epoch: u64, last: u64, r: &io::Result<()>) {
         self.tx.send_if_modified(|s| match r {
-            Err(_) if !s.failed => {
-                s.failed = true;
-                true
+            Err(_) => !std::mem::replace(&mut s.failed, true),
+            Ok(()) => {
+                // Truncations queued after this write cap what it proves.
+                let cap = s
+                    .truncations
+                    .iter()
+                    .filter(|(e, _)| *e > epoch)
+                    .map(|(_, kept)| *kept)
+                    .min();
+                let proven = cap.map_or(Some(last), |kept| kept.min(Some(last)));
+                // Later completions come from this epoch on: older
+                // truncations no longer matter.
+                s.truncations.retain(|(e, _)| *e > epoch);
+                if proven > s.upto {
+                    s.upto = proven;
+                    true
+                } else {
+                    false
+                }
             }
-            Ok(()) if s.epoch == epoch && s.upto < Some(last) => {
-                s.upto = Some(last);
-                true
-            }
-            _ => false,
         });
     }
 
     /// Entries from `index` on were removed (queued under the log's lock).
     pub(crate) fn truncated(&self, index: u64) {
         self.tx.send_modify(|s| {
+            let kept = index.checked_sub(1);
             s.epoch += 1;
-            s.upto = s.upto.min(index.checked_sub(1));
-            s.queued = s.queued.min(index.checked_sub(1));
+            s.truncations.push((s.epoch, kept));
+            s.upto = s.upto.min(kept);
+            s.queued = s.queued.min(kept);
         });
     }
 
@@ -196,6 +213,24 @@ mod tests {
         let e = d.queue(Some(9));
         d.completed(e, 9, &Err(io::Error::other("disk gone")));
         assert_eq!(d.index(), None);
+    }
+
+    #[tokio::test]
+    async fn a_truncation_behind_a_pending_write_does_not_strand_waiters() {
+        // A deposed leader: 4..=9 written but not flushed, then 7.. truncated.
+        let d = Durable::new(Some(3));
+        let old = d.queue(Some(9));
+        d.truncated(7);
+        let queued = tokio::spawn({
+            let d = d.clone();
+            async move { d.wait_queued().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!queued.is_finished());
+        // The old write lands: it proves 4..=6 (kept), not 7..=9 (gone).
+        d.completed(old, 9, &Ok(()));
+        assert_eq!(d.index(), Some(6));
+        queued.await.unwrap().unwrap();
     }
 
     #[test]
