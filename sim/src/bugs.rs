@@ -18,15 +18,18 @@ pub enum Bug {
     LocalClockApply,
     /// The log acknowledges appends before they are fsynced.
     AckBeforeFsync,
+    /// A queued acquire jumps ahead of the waiters already queued.
+    NewestWaiterFirst,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::StaleRead,
         Bug::LostWakeup,
         Bug::StealKeepsToken,
         Bug::LocalClockApply,
         Bug::AckBeforeFsync,
+        Bug::NewestWaiterFirst,
     ];
 
     pub fn name(self) -> &'static str {
@@ -36,6 +39,7 @@ impl Bug {
             Bug::StealKeepsToken => "steal-keeps-token",
             Bug::LocalClockApply => "local-clock-apply",
             Bug::AckBeforeFsync => "ack-before-fsync",
+            Bug::NewestWaiterFirst => "newest-waiter-first",
         }
     }
 }
@@ -48,7 +52,7 @@ impl fmt::Display for Bug {
 
 /// An unknown `--plant` name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid `--plant` value {0:?}: expected one of stale-read, lost-wakeup, steal-keeps-token, local-clock-apply, ack-before-fsync")]
+#[error("invalid `--plant` value {0:?}: expected one of stale-read, lost-wakeup, steal-keeps-token, local-clock-apply, ack-before-fsync, newest-waiter-first")]
 pub struct UnknownBug(pub String);
 
 impl FromStr for Bug {

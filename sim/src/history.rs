@@ -31,7 +31,13 @@ pub enum Call {
 /// How a queued wait ended, as the client learned it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum WaitResult {
-    Granted { token: FencingToken, mode: Mode },
+    /// `granted_at` is the state time of the grant: it pins when the
+    /// operation that freed the lock took effect (a lease runs from it).
+    Granted {
+        token: FencingToken,
+        mode: Mode,
+        granted_at: Millis,
+    },
     Ended(WaitEnd),
 }
 
@@ -55,6 +61,11 @@ pub struct Op {
     pub complete: Option<Millis>,
     pub call: Call,
     pub ret: Ret,
+    /// The answer came after an earlier attempt may have reached a node: a
+    /// session's request memory ends with the session, so such a retry can
+    /// be answered `SessionNotFound` although an earlier attempt applied.
+    #[serde(default)]
+    pub retried: bool,
 }
 
 impl Op {

@@ -66,6 +66,7 @@ mod tests {
         Some(WaitResult::Granted {
             token: FencingToken(token),
             mode: Mode::Exclusive,
+            granted_at: 0,
         })
     }
 

@@ -120,6 +120,8 @@ struct Model {
     waits: BTreeMap<SessionId, WaitResult>,
     /// Elections whose grace has been applied or passed.
     graces: usize,
+    /// The sessions the last step granted this key to (not part of the state).
+    granted_now: Vec<SessionId>,
 }
 
 impl Model {
@@ -130,6 +132,7 @@ impl Model {
             tokens: BTreeMap::new(),
             waits: BTreeMap::new(),
             graces: 0,
+            granted_now: Vec::new(),
         }
     }
 
@@ -200,6 +203,7 @@ impl Model {
                         WaitResult::Granted {
                             token: grant.token,
                             mode: grant.mode,
+                            granted_at: grant.granted_at,
                         },
                     );
                 }
@@ -285,20 +289,64 @@ struct Prepared<'a> {
     /// Earliest and latest state time at which it can take effect.
     lo: Millis,
     hi: Millis,
+    role: Role,
+}
+
+/// What a prepared item stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The operation, taking effect once with the answer it got.
+    Whole,
+    /// A retried command answered `SessionNotFound`: an earlier attempt may
+    /// have applied (any result, or none; the session's request memory died
+    /// with the session) ...
+    Effect,
+    /// ... and the session had ended by the answer (a read of its absence).
+    Absent,
+}
+
+/// A retried session command answered `SessionNotFound` (see [`Role::Effect`]).
+fn answered_after_session_end(op: &Op) -> bool {
+    let (Call::Exec { command, .. }, Ret::Exec(Err(LockError::SessionNotFound { session }))) =
+        (&op.call, &op.ret)
+    else {
+        return false;
+    };
+    op.retried && command.session() == Some(*session)
 }
 
 /// Checks one key's operations (as [`ops_of_key`] returns them).
 pub fn check_key(key: &LockKey, ops: &[&Op], w: &Windows, max_states: usize) -> KeyResult {
-    let prepared: Vec<Prepared> = ops
-        .iter()
-        .map(|op| Prepared {
-            op,
-            lo: op.invoke.saturating_sub(w.behind),
-            hi: op
-                .complete
-                .map_or(Millis::MAX, |c| c.saturating_add(w.ahead)),
-        })
-        .collect();
+    let mut prepared: Vec<Prepared> = Vec::with_capacity(ops.len());
+    for op in ops {
+        let roles: &[Role] = if answered_after_session_end(op) {
+            &[Role::Effect, Role::Absent]
+        } else {
+            &[Role::Whole]
+        };
+        for &role in roles {
+            prepared.push(Prepared {
+                op,
+                lo: op.invoke.saturating_sub(w.behind),
+                hi: op
+                    .complete
+                    .map_or(Millis::MAX, |c| c.saturating_add(w.ahead)),
+                role,
+            });
+        }
+    }
+    // The state times of grants clients learned from their waits, per real
+    // session: the operation that handed over the lock took effect then.
+    let mut instants: Instants = BTreeMap::new();
+    for op in ops {
+        if let (
+            Call::WaitResult { session, .. },
+            Ret::Wait(WaitResult::Granted { granted_at, .. }),
+        ) = (&op.call, &op.ret)
+        {
+            instants.entry(session.0).or_default().insert(*granted_at);
+        }
+    }
     let n = prepared.len();
     let must: usize = prepared.iter().filter(|p| p.op.complete.is_some()).count();
     if must == 0 {
@@ -344,7 +392,7 @@ pub fn check_key(key: &LockKey, ops: &[&Op], w: &Windows, max_states: usize) -> 
             match next {
                 Some(i) if prepared[i].op.invoke <= top.horizon => {
                     top.cursor = i + 1;
-                    let mut q = successors(key, &prepared[i], &top.model, w);
+                    let mut q = successors(key, &prepared[i], &top.model, w, &instants);
                     q.reverse();
                     top.queue = q.into_iter().map(|m| (i, m)).collect();
                 }
@@ -397,13 +445,52 @@ fn is_done(done: &[u64], i: usize) -> bool {
     done[i / 64] & (1 << (i % 64)) != 0
 }
 
+/// Grant times waiters reported, by real session id.
+type Instants = BTreeMap<u64, BTreeSet<Millis>>;
+
 /// Every model `p` can lead to from `model` with the answer it really got.
-fn successors(key: &LockKey, p: &Prepared, model: &Model, w: &Windows) -> Vec<Model> {
+fn successors(
+    key: &LockKey,
+    p: &Prepared,
+    model: &Model,
+    w: &Windows,
+    instants: &Instants,
+) -> Vec<Model> {
     let mut out = Vec::new();
+    if p.role == Role::Effect {
+        // The earlier attempt may not have applied at all.
+        out.push(model.clone());
+    }
     for base in with_graces(key, model, p, w) {
-        for now in time_candidates(&base, p) {
+        let times = time_candidates(&base, p);
+        let mut granted: BTreeSet<SessionId> = BTreeSet::new();
+        for &now in &times {
             let mut m = base.clone();
-            if step(key, &mut m, p, now) {
+            let (ok, g) = step(key, &mut m, p, now);
+            granted.extend(g);
+            if ok {
+                out.push(m);
+            }
+        }
+        // An operation that hands the lock to a waiter stamps the grant (and
+        // a lease's expiry) with its own state time, which its interval does
+        // not pin: try the grant times those waiters reported.
+        let Some(&from) = times.first() else { continue };
+        if granted.is_empty() || pinned_time(&base, p.op).is_some() {
+            continue;
+        }
+        let seen: BTreeSet<Millis> = base
+            .sessions
+            .iter()
+            .filter(|(_, m)| granted.contains(m))
+            .filter_map(|(real, _)| instants.get(real))
+            .flatten()
+            .copied()
+            .filter(|&t| t > from && t <= p.hi && !times.contains(&t))
+            .collect();
+        for now in seen {
+            let mut m = base.clone();
+            if step(key, &mut m, p, now).0 {
                 out.push(m);
             }
         }
@@ -452,13 +539,13 @@ fn with_graces(key: &LockKey, model: &Model, p: &Prepared, w: &Windows) -> Vec<M
 /// state as it is, possibly after expiries the leader ticked in the meantime
 /// (each deadline up to the read's completion is a candidate).
 fn time_candidates(model: &Model, p: &Prepared) -> Vec<Millis> {
-    let is_read = !matches!(p.op.call, Call::Exec { .. });
+    let is_read = p.role == Role::Absent || !matches!(p.op.call, Call::Exec { .. });
     let from = if is_read {
         model.table.now()
     } else {
         p.lo.max(model.table.now())
     };
-    if let Some(pinned) = pinned_time(model, p.op) {
+    if let Some(pinned) = pinned_time(model, p.op).filter(|_| p.role == Role::Whole) {
         return if pinned >= model.table.now() {
             vec![pinned]
         } else {
@@ -527,8 +614,15 @@ fn pinned_time(model: &Model, op: &Op) -> Option<Millis> {
     }
 }
 
-/// Applies `op` to `m` at `now`; true if the model's answer matches the real one.
-fn step(key: &LockKey, m: &mut Model, p: &Prepared, now: Millis) -> bool {
+/// Applies `op` to `m` at `now`; true if the model's answer matches the real
+/// one, and whether the model granted the key to someone on the way.
+fn step(key: &LockKey, m: &mut Model, p: &Prepared, now: Millis) -> (bool, Vec<SessionId>) {
+    let matched = apply_op(key, m, p, now);
+    (matched, std::mem::take(&mut m.granted_now))
+}
+
+fn apply_op(key: &LockKey, m: &mut Model, p: &Prepared, now: Millis) -> bool {
+    m.granted_now.clear();
     let op = p.op;
     let (read_lo, read_hi) = (p.lo, p.hi);
     let mut events = Vec::new();
@@ -540,14 +634,31 @@ fn step(key: &LockKey, m: &mut Model, p: &Prepared, now: Millis) -> bool {
             let Some((cmd, loose)) = m.translate(command) else {
                 return false;
             };
+            if p.role == Role::Absent {
+                m.table.tick(now, &mut events);
+                m.note(key, &events);
+                return cmd
+                    .session()
+                    .is_some_and(|s| m.table.describe_session(s).is_none());
+            }
             let got = m.table.apply_request(now, *request_id, &cmd, &mut events);
             m.note(key, &events);
+            m.granted_now = events
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Granted {
+                        key: k, session, ..
+                    } if k == key => Some(*session),
+                    _ => None,
+                })
+                .collect();
             if matches!(got, Ok(Response::Queued { .. })) {
                 if let Some(s) = cmd.session() {
                     m.waits.remove(&s);
                 }
             }
             match &op.ret {
+                _ if p.role == Role::Effect => true,
                 Ret::Unknown => true,
                 Ret::Exec(real) if loose => real.is_ok() == got.is_ok(),
                 Ret::Exec(real) => exec_matches(m, real, &got),
@@ -589,12 +700,17 @@ fn step(key: &LockKey, m: &mut Model, p: &Prepared, now: Millis) -> bool {
             }
             match (real, known) {
                 (
-                    WaitResult::Granted { token, mode },
+                    WaitResult::Granted {
+                        token,
+                        mode,
+                        granted_at,
+                    },
                     Some(WaitResult::Granted {
                         token: mt,
                         mode: mm,
+                        granted_at: mg,
                     }),
-                ) => *mode == mm && m.bind_token(mt.0, token.0),
+                ) => *mode == mm && *granted_at == mg && m.bind_token(mt.0, token.0),
                 (WaitResult::Ended(r), Some(WaitResult::Ended(mr))) => *r == mr,
                 _ => false,
             }

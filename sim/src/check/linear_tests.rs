@@ -30,6 +30,7 @@ impl H {
                     session: SessionId(c as u64 * 100),
                     expires_at: ttl,
                 })),
+                retried: false,
             });
         }
         H { h }
@@ -45,6 +46,7 @@ impl H {
                 command,
             },
             ret,
+            retried: false,
         });
     }
 
@@ -85,6 +87,7 @@ impl H {
                 token: FencingToken(token),
             },
             ret: Ret::Validate(ret),
+            retried: false,
         });
     }
 
@@ -98,6 +101,7 @@ impl H {
                 session: s(c),
             },
             ret: Ret::Wait(result),
+            retried: false,
         });
     }
 
@@ -269,6 +273,7 @@ fn a_queued_waiter_is_granted_on_release() {
     let g = WaitResult::Granted {
         token: FencingToken(8),
         mode: Mode::Exclusive,
+        granted_at: 30,
     };
     h.wait_result(2, (25, 40), g);
     h.validate(2, (50, 52), 8, Ok(()));
@@ -339,6 +344,7 @@ fn a_late_grace_among_several_keeps_a_session_alive() {
                 session: s(c),
                 expires_at: at + 10 + 3_000,
             })),
+            retried: false,
         });
     }
     h.graces = vec![1_128, 5_819, 13_474, 18_718, 19_626];
@@ -391,4 +397,93 @@ fn a_tick_between_two_expiries_before_a_grace_is_found() {
     h.acquire(2, (1_500, Some(1_502)), Some(0), granted(9, 1_501));
     h.h.graces.push(1_200);
     assert_ok(&h.check());
+}
+
+/// A leased lock handed over by a release whose time its interval does not
+/// pin: the waiter's grant time says when it took effect, and the lease runs
+/// from then (simulator seed 45: the lease was judged expired 50 ms early).
+fn leased_handoff(grant_seen_at: u64) -> H {
+    let mut h = H::new(2, 60_000);
+    let command = Command::CreateLock {
+        key: key(),
+        kind: fencelock_core::LockKind::Exclusive,
+        ttl_ms: Some(2_000),
+    };
+    let created = ok(Response::LockCreated {
+        created: true,
+        kind: fencelock_core::LockKind::Exclusive,
+        ttl_ms: Some(2_000),
+    });
+    h.op(1, (2, Some(3)), command, created);
+    let first = Grant {
+        token: FencingToken(7),
+        mode: Mode::Exclusive,
+        granted_at: 11,
+        expires_at: Some(2_011),
+    };
+    h.acquire(1, (10, Some(12)), Some(0), ok(Response::Granted(first)));
+    let queued = ok(Response::Queued {
+        position: 1,
+        deadline: None,
+    });
+    h.acquire(2, (20, Some(22)), None, queued);
+    // Applied at 800, answered at 900.
+    h.release(1, (100, Some(900)), 7, ok(Response::Released));
+    let g = WaitResult::Granted {
+        token: FencingToken(8),
+        mode: Mode::Exclusive,
+        granted_at: grant_seen_at,
+    };
+    h.wait_result(2, (25, 950), g);
+    let extend = Command::Extend {
+        key: key(),
+        session: s(2),
+        token: FencingToken(8),
+    };
+    let extended = ok(Response::Extended {
+        expires_at: Some(4_705),
+    });
+    h.op(2, (2_700, Some(2_710)), extend, extended);
+    h
+}
+
+#[test]
+fn a_lease_runs_from_the_grant_time_the_waiter_saw() {
+    assert_ok(&leased_handoff(800).check());
+    // A grant time before the release was even sent cannot be.
+    assert_violation(&leased_handoff(50).check());
+}
+
+/// A release that applied (handing the lock to client 2 at 40), retried after
+/// the session expired and so answered `SessionNotFound` (seed 32).
+fn release_answered_after_expiry(ttl: u64, retried: bool) -> H {
+    let mut h = H::new(2, ttl);
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    let queued = ok(Response::Queued {
+        position: 1,
+        deadline: None,
+    });
+    h.acquire(2, (20, Some(22)), None, queued);
+    let gone = Ret::Exec(Err(LockError::SessionNotFound { session: s(1) }));
+    h.release(1, (30, Some(1_500)), 7, gone);
+    if let Some(op) = h.h.ops.last_mut() {
+        op.retried = retried;
+    }
+    let g = WaitResult::Granted {
+        token: FencingToken(8),
+        mode: Mode::Exclusive,
+        granted_at: 40,
+    };
+    h.wait_result(2, (25, 60), g);
+    h
+}
+
+#[test]
+fn a_retry_answered_after_the_session_ended_may_have_applied_before() {
+    assert_ok(&release_answered_after_expiry(1_000, true).check());
+    // Answered on the first attempt: the release never applied, and nothing
+    // else could have handed the lock over by 60.
+    assert_violation(&release_answered_after_expiry(1_000, false).check());
+    // Retried, but the session was alive all along: "not found" is false.
+    assert_violation(&release_answered_after_expiry(60_000, true).check());
 }

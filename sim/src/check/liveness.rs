@@ -92,6 +92,7 @@ mod tests {
                     WaitResult::Granted {
                         token: FencingToken(1),
                         mode: Mode::Exclusive,
+                        granted_at: 0,
                     },
                 )
             }),

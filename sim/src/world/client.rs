@@ -50,6 +50,9 @@ pub struct Client {
     next_rid: Arc<std::sync::atomic::AtomicU64>,
     world: Arc<World>,
     session: Option<Session>,
+    /// Whether the last [`Client::send`] answer followed an attempt that may
+    /// have reached a node.
+    retried: bool,
 }
 
 impl Client {
@@ -61,6 +64,7 @@ impl Client {
             next_rid: Arc::new(std::sync::atomic::AtomicU64::new(u64::from(id) << 48)),
             world,
             session: None,
+            retried: false,
         }
     }
 
@@ -254,6 +258,7 @@ impl Client {
                     WaitState::Granted(g) => WaitResult::Granted {
                         token: g.token,
                         mode: g.mode,
+                        granted_at: g.granted_at,
                     },
                     WaitState::Ended(e) => WaitResult::Ended(e),
                     WaitState::NotWaiting => WaitResult::Ended(WaitEnd::SessionEnded),
@@ -273,6 +278,7 @@ impl Client {
                     session,
                 },
                 ret: Ret::Wait(result),
+                retried: false,
             });
             return Some((at, result));
         }
@@ -355,6 +361,7 @@ impl Client {
                 token,
             },
             ret: Ret::Validate(r.map(|_| ())),
+            retried: false,
         });
         ok
     }
@@ -384,6 +391,7 @@ impl Client {
                 command,
             },
             ret,
+            retried: self.retried,
         });
         result
     }
@@ -393,6 +401,7 @@ impl Client {
     async fn send(&mut self, rpc: ClientRpc, attempt: Duration) -> Answer<ClientReply> {
         let deadline = now() + OP_DEADLINE_MS;
         let mut maybe_applied = false;
+        self.retried = false;
         let read_only = matches!(rpc, ClientRpc::Read(_) | ClientRpc::Wait { .. });
         while now() < deadline {
             let addr = self.nodes[self.leader % self.nodes.len()].clone();
@@ -422,7 +431,10 @@ impl Client {
                     self.leader += 1;
                     madsim::time::sleep(Duration::from_millis(50)).await;
                 }
-                Ok(Reply::Client(reply)) => return Answer::Definite(reply),
+                Ok(Reply::Client(reply)) => {
+                    self.retried = maybe_applied;
+                    return Answer::Definite(reply);
+                }
                 Ok(_) => maybe_applied = true,
                 Err(e) => {
                     maybe_applied |= !e.not_delivered();

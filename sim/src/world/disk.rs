@@ -8,9 +8,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// How long one simulated fsync takes.
-const FSYNC: Duration = Duration::from_millis(10);
-
 #[derive(Debug, Default)]
 struct Bytes {
     durable: Vec<u8>,
@@ -19,12 +16,26 @@ struct Bytes {
 }
 
 /// One node's disk; the harness keeps it across kills and restarts.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct SimDisk {
     bytes: Mutex<Bytes>,
+    /// How long one fsync takes (drawn per seed: fast and slow disks).
+    fsync: Duration,
 }
 
 impl SimDisk {
+    pub fn new(fsync: Duration) -> SimDisk {
+        SimDisk {
+            bytes: Mutex::default(),
+            fsync,
+        }
+    }
+
+    /// How long one fsync takes on this disk.
+    pub fn fsync(&self) -> Duration {
+        self.fsync
+    }
+
     fn lock(&self) -> MutexGuard<'_, Bytes> {
         self.bytes.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -111,7 +122,7 @@ async fn writer(disk: Arc<SimDisk>, ack_early: bool, mut rx: mpsc::UnboundedRece
             }
         }
         // A kill during this sleep loses the batch: it never became durable.
-        madsim::time::sleep(FSYNC).await;
+        madsim::time::sleep(disk.fsync).await;
         {
             let mut b = disk.lock();
             let p = std::mem::take(&mut b.pending);

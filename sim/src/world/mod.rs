@@ -148,6 +148,10 @@ pub fn run_seed(seed: u64, options: &RunOptions) -> RunOutcome {
         },
     );
     if let Ok(path) = std::env::var("FENCELOCK_SIM_DUMP") {
+        let path = path.replace("{seed}", &seed.to_string());
+        if let Ok(bytes) = postcard::to_allocvec(&history) {
+            let _ = std::fs::write(format!("{path}.bin"), bytes);
+        }
         let mut text = String::new();
         for op in &history.ops {
             text.push_str(&format!("{op:?}\n"));
@@ -186,6 +190,9 @@ async fn simulate(options: RunOptions) -> Simulated {
     if options.bugs.contains(&Bug::LocalClockApply) {
         plant(Planted::LocalClockApply, true);
     }
+    if options.bugs.contains(&Bug::NewestWaiterFirst) {
+        plant(Planted::NewestWaiterFirst, true);
+    }
     let ack_early = options.bugs.contains(&Bug::AckBeforeFsync);
     let handle = Handle::current();
     // Snapshots go to real files (written atomically, so durable); the log
@@ -217,7 +224,10 @@ async fn simulate(options: RunOptions) -> Simulated {
     let addrs: Vec<String> = (1..=n).map(|i| format!("10.0.0.{i}:7000")).collect();
     let bugs = Arc::new(options.bugs.clone());
     let mut nodes = Vec::new();
-    let disks: Vec<Arc<disk::SimDisk>> = (0..n).map(|_| Arc::default()).collect();
+    let fsync = Duration::from_millis(swarm.fsync_ms);
+    let disks: Vec<Arc<disk::SimDisk>> = (0..n)
+        .map(|_| Arc::new(disk::SimDisk::new(fsync)))
+        .collect();
     for i in 1..=n {
         let (w, addr, bugs) = (world.clone(), addrs[i - 1].clone(), bugs.clone());
         let (disk, dir) = (disks[i - 1].clone(), root.join(format!("n{i}")));

@@ -23,6 +23,8 @@ pub struct Swarm {
     pub pause: bool,
     /// Mean gap between faults.
     pub gap_ms: u64,
+    /// How long an fsync takes on every disk (fast to slow disks).
+    pub fsync_ms: u64,
 }
 
 impl Swarm {
@@ -36,6 +38,7 @@ impl Swarm {
             clock: rng.gen_bool(0.5),
             pause: rng.gen_bool(0.6),
             gap_ms: rng.gen_range(300..2_500),
+            fsync_ms: rng.gen_range(5..=50),
         };
         if !(s.kill || s.partition || s.loss || s.delay || s.clock || s.pause) {
             s.kill = true;
@@ -123,11 +126,15 @@ impl Nemesis {
     }
 
     /// Waits (up to 300 ms) until one of `disks` holds an unsynced record
-    /// (64 bytes or more: an entry, not just a commit mark), so
-    /// that a crash lands in the middle of a write, as it does on real disks.
+    /// (64 bytes or more: an entry, not just a commit mark), then a random
+    /// part of an fsync, so that a crash lands somewhere in the middle of a
+    /// write, as it does on real disks (with the page cache still dirty).
     async fn mid_write(&self, disks: &[usize]) {
         for _ in 0..300 {
             if disks.iter().any(|&i| self.disks[i].unsynced() >= 64) {
+                let fsync = self.disks[disks[0]].fsync().as_millis() as u64;
+                let into = thread_rng().gen_range(0..fsync.max(1));
+                madsim::time::sleep(Duration::from_millis(into)).await;
                 return;
             }
             madsim::time::sleep(Duration::from_millis(1)).await;
