@@ -9,15 +9,18 @@ use fencelock_sim::world::{run_seed, RunOptions};
 
 /// Seeds tried per bug before the test gives up.
 const BUDGET: u64 = 40;
+/// `ack-before-fsync` needs a whole-cluster power loss mid-write after a
+/// client saw the lost entry: rarer (seed 1, 13 and 34 on three builds).
+const ACK_BUDGET: u64 = 80;
 
 /// Runs seeds 1.. with `bug` planted until one is caught by one of
 /// `expected`; returns the seed and the checkers that fired.
-fn first_catch(bug: Bug, expected: &[Checker]) -> Option<(u64, Vec<Checker>)> {
+fn first_catch(bug: Bug, expected: &[Checker], budget: u64) -> Option<(u64, Vec<Checker>)> {
     let options = RunOptions {
         bugs: vec![bug],
         ..RunOptions::default()
     };
-    for seed in 1..=BUDGET {
+    for seed in 1..=budget {
         let o = options.clone();
         let outcome = std::thread::spawn(move || run_seed(seed, &o))
             .join()
@@ -56,9 +59,13 @@ fn first_catch(bug: Bug, expected: &[Checker]) -> Option<(u64, Vec<Checker>)> {
 }
 
 fn assert_caught(bug: Bug, expected: &[Checker]) {
+    assert_caught_within(bug, expected, BUDGET);
+}
+
+fn assert_caught_within(bug: Bug, expected: &[Checker], budget: u64) {
     assert!(
-        first_catch(bug, expected).is_some(),
-        "planted bug {bug} was not caught by {expected:?} in any of seeds 1..={BUDGET}"
+        first_catch(bug, expected, budget).is_some(),
+        "planted bug {bug} was not caught by {expected:?} in any of seeds 1..={budget}"
     );
 }
 
@@ -93,13 +100,14 @@ fn applying_at_the_local_clock_is_caught() {
 /// a client saw the effect of an entry no disk had synced.
 #[test]
 fn acknowledging_before_fsync_is_caught() {
-    assert_caught(
+    assert_caught_within(
         Bug::AckBeforeFsync,
         &[
             Checker::Fencing,
             Checker::Linearizability,
             Checker::Liveness,
         ],
+        ACK_BUDGET,
     );
 }
 

@@ -476,7 +476,28 @@ fn successors(
         // a lease's expiry) with its own state time, which its interval does
         // not pin: try the grant times those waiters reported.
         let Some(&from) = times.first() else { continue };
-        if granted.is_empty() || pinned_time(&base, p.op).is_some() {
+        if pinned_time(&base, p.op).is_some() {
+            continue;
+        }
+        // An operation that sets a deadline (a keep-alive, an extend, a
+        // timed wait) decides when a later expiry hands the lock over: try
+        // the times that put that expiry on a grant time a waiter saw.
+        if let Some(d) = deadline_offset(&base, p.op) {
+            let shifted: BTreeSet<Millis> = instants
+                .values()
+                .flatten()
+                .filter_map(|g| g.checked_sub(d))
+                .filter(|&t| t > from && t <= p.hi && !times.contains(&t))
+                .take(MAX_TIME_CANDIDATES)
+                .collect();
+            for now in shifted {
+                let mut m = base.clone();
+                if step(key, &mut m, p, now).0 {
+                    out.push(m);
+                }
+            }
+        }
+        if granted.is_empty() {
             continue;
         }
         let seen: BTreeSet<Millis> = base
@@ -570,6 +591,26 @@ fn time_candidates(model: &Model, p: &Prepared) -> Vec<Millis> {
         }
     }
     out
+}
+
+/// How long after it takes effect `op` sets a deadline (session expiry,
+/// lease expiry, wait timeout), if it does.
+fn deadline_offset(model: &Model, op: &Op) -> Option<Millis> {
+    let Call::Exec { command, .. } = &op.call else {
+        return None;
+    };
+    match command {
+        Command::KeepAlive { session } => {
+            let s = model.sessions.get(&session.0)?;
+            Some(model.table.describe_session(*s)?.ttl_ms)
+        }
+        Command::Extend { key, .. } => model.table.describe(key)?.ttl_ms,
+        Command::Acquire {
+            timeout_ms: Some(t),
+            ..
+        } => Some(*t),
+        _ => None,
+    }
 }
 
 /// The state time an answer reveals, if it carries one.

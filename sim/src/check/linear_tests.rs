@@ -487,3 +487,43 @@ fn a_retry_answered_after_the_session_ended_may_have_applied_before() {
     // Retried, but the session was alive all along: "not found" is false.
     assert_violation(&release_answered_after_expiry(60_000, true).check());
 }
+
+/// A keep-alive with no answer moved a session's expiry, and so the instant
+/// a waiter was granted: that instant is tried for it (seed 45 of a later
+/// build).
+fn handoff_at_a_moved_expiry(granted_at: u64) -> H {
+    let mut h = H::new(2, 1_000);
+    h.acquire(1, (10, Some(12)), Some(0), granted(7, 11));
+    let queued = ok(Response::Queued {
+        position: 1,
+        deadline: None,
+    });
+    h.acquire(2, (20, Some(22)), None, queued);
+    let kept = ok(Response::KeptAlive { expires_at: 1_505 });
+    h.op(
+        2,
+        (500, Some(510)),
+        Command::KeepAlive { session: s(2) },
+        kept,
+    );
+    // Applied at 300, never answered: session 1 then expires at 1_300.
+    h.op(
+        1,
+        (100, None),
+        Command::KeepAlive { session: s(1) },
+        Ret::Unknown,
+    );
+    let g = WaitResult::Granted {
+        token: FencingToken(8),
+        mode: Mode::Exclusive,
+        granted_at,
+    };
+    h.wait_result(2, (25, 1_400), g);
+    h
+}
+
+#[test]
+fn an_unanswered_keep_alive_may_set_the_expiry_that_hands_over() {
+    assert_ok(&handoff_at_a_moved_expiry(1_300).check());
+    assert_violation(&handoff_at_a_moved_expiry(50).check());
+}
