@@ -403,7 +403,6 @@ impl Store {
             (false, w) => w,
         };
         let change = Change::from_events(key, &events).map(Arc::new);
-        let committed = write.as_ref().map(|w| (w.insert, w.record.clone()));
         // Round trip 2. Optimistic: one `store_key` call, which is a
         // transaction of its own (share locks, conditional write, notify);
         // pessimistic: write, notify, COMMIT of the transaction begun above.
@@ -420,7 +419,7 @@ impl Store {
                 self.write_many_and_commit(
                     &client,
                     optimistic,
-                    write.into_iter().collect(),
+                    write.as_slice(),
                     change.iter().map(|c| &**c).collect(),
                     None,
                 )
@@ -429,13 +428,13 @@ impl Store {
         };
         match written {
             Ok(true) => {
-                if let Some((insert, record)) = committed {
-                    let version = if insert {
+                if let Some(w) = write {
+                    let version = if w.insert {
                         0
                     } else {
                         loaded.version.unwrap_or(0) + 1
                     };
-                    self.remember(&loaded, record, version, loaded.now, seen);
+                    self.remember(&loaded, w.record, version, loaded.now, seen);
                 }
                 loaded.existed = true;
                 Ok(Some(finish(outcomes, change, loaded)))
@@ -586,7 +585,7 @@ impl Store {
         &self,
         client: &Client,
         begin: bool,
-        writes: Vec<Write>,
+        writes: &[Write],
         notify: Vec<&Change>,
         delete_session: Option<i64>,
     ) -> Result<bool, Retry> {
@@ -897,7 +896,7 @@ impl Store {
         // Round trip 3: write, notify, delete the session, commit.
         let delete = delete_session.then_some(sid);
         match self
-            .write_many_and_commit(&client, false, writes, notify, delete)
+            .write_many_and_commit(&client, false, &writes, notify, delete)
             .await?
         {
             true => {}

@@ -2,6 +2,8 @@
 
 mod common;
 
+use common::open;
+
 use common::{retry, XorShift};
 use fencelock::{
     Backend, Command, Error, LockError, LockKey, LockKind, Mode, Response, SessionId, WaitStatus,
@@ -19,16 +21,6 @@ async fn backend(label: &str) -> PgBackend {
         .with_schema(unique_schema(label))
         .with_pool_size(12);
     PgBackend::connect(config).await.expect("connect")
-}
-
-async fn open(b: &PgBackend) -> SessionId {
-    match b
-        .execute(Command::OpenSession { ttl_ms: 60_000 }, None)
-        .await
-    {
-        Ok(Response::SessionOpened { session, .. }) => session,
-        other => panic!("open: {other:?}"),
-    }
 }
 
 /// Runs `n` tasks that start `op` at the same instant; returns their answers.

@@ -3,6 +3,9 @@
 //! write, a closed session, a lease that ran out, or a clock outside the
 //! bounds the server checks.
 
+mod common;
+
+use common::{open, open_for};
 use fencelock::{Backend, Command, Error, LockError, LockKey, LockKind, Mode, Response, SessionId};
 use fencelock_postgres::testkit::{shared_url, unique_schema};
 use fencelock_postgres::{PgBackend, PgConfig};
@@ -13,16 +16,6 @@ async fn backend(url: &str, schema: &str) -> PgBackend {
     PgBackend::connect(PgConfig::new(url).with_schema(schema))
         .await
         .unwrap()
-}
-
-async fn open(b: &PgBackend) -> SessionId {
-    match b
-        .execute(Command::OpenSession { ttl_ms: 60_000 }, None)
-        .await
-    {
-        Ok(Response::SessionOpened { session, .. }) => session,
-        other => panic!("open: {other:?}"),
-    }
 }
 
 fn acquire(key: &LockKey, session: SessionId) -> Command {
@@ -294,4 +287,28 @@ async fn one_process_contending_for_a_key_shares_commits() {
         info.holders.is_empty() && info.waiters.is_empty(),
         "{info:?}"
     );
+}
+
+/// A remembered session expiry only gets older (keep-alives extend the row):
+/// once it has passed, the command must not expire the session from memory
+/// but ask the database, which knows it was kept alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_session_is_not_expired_from_memory() {
+    let url = shared_url();
+    let schema = unique_schema("known_alive");
+    let a = backend(&url, &schema).await;
+    let s = open_for(&a, 400).await;
+    let key = LockKey::new("known", "alive").unwrap();
+    let token = granted(&a, &key, s).await;
+    // Remembered: the session's expiry as of the acquire. Keep it alive past that.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        a.execute(Command::KeepAlive { session: s }, None)
+            .await
+            .unwrap();
+    }
+    match release(&a, &key, s, token).await {
+        Ok(Response::Released) => {}
+        other => panic!("a live session's hold was judged from a stale expiry: {other:?}"),
+    }
 }

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::open;
+
 use fencelock::{
     Backend, Command, Error, LockError, LockKey, Mode, Response, SessionId, WaitStatus,
 };
@@ -15,16 +17,6 @@ use fencelock_postgres::{PgBackend, PgConfig, SCHEMA_VERSION};
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_postgres::NoTls;
-
-async fn open(b: &PgBackend) -> SessionId {
-    match b
-        .execute(Command::OpenSession { ttl_ms: 60_000 }, None)
-        .await
-    {
-        Ok(Response::SessionOpened { session, .. }) => session,
-        other => panic!("open: {other:?}"),
-    }
-}
 
 fn acquire(key: &LockKey, session: SessionId, timeout_ms: Option<u64>) -> Command {
     Command::Acquire {

@@ -410,3 +410,16 @@ where
         }
     }
 }
+
+/// Opens a session with a TTL of one minute.
+pub async fn open<B: Backend>(b: &B) -> SessionId {
+    open_for(b, 60_000).await
+}
+
+/// Opens a session with a TTL of `ttl_ms`.
+pub async fn open_for<B: Backend>(b: &B, ttl_ms: u64) -> SessionId {
+    match b.execute(Command::OpenSession { ttl_ms }, None).await {
+        Ok(Response::SessionOpened { session, .. }) => session,
+        other => panic!("open: {other:?}"),
+    }
+}
