@@ -7,7 +7,8 @@
 //! (`FENCELOCK_BENCH_SECS`: time per contender and workload, default 3, in
 //! 5 interleaved slices; `FENCELOCK_BENCH_ONLY=<part of a row's label>`;
 //! `FENCELOCK_PG_URL`: use that server instead of a throwaway one;
-//! `FENCELOCK_BENCH_FSYNC=off`: a throwaway server without fsync.)
+//! `FENCELOCK_BENCH_FSYNC=off`: a throwaway server without fsync;
+//! `FENCELOCK_BENCH_WRITE_TX=<n>`: the backend's `write_transactions`.)
 //!
 //! Round trips are counted by a small TCP proxy between the client and the
 //! server: each burst the client sends before it waits for an answer is one
@@ -34,6 +35,17 @@ fn secs() -> Duration {
         .and_then(|v| v.parse::<f64>().ok())
         .unwrap_or(3.0);
     Duration::from_secs_f64(s.max(0.2))
+}
+
+/// `FENCELOCK_BENCH_WRITE_TX=<n>`: the backend's `write_transactions`.
+fn write_transactions(config: PgConfig) -> PgConfig {
+    match std::env::var("FENCELOCK_BENCH_WRITE_TX")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        Some(n) => config.with_write_transactions(n),
+        None => config,
+    }
 }
 
 /// Acquire (+ wait if queued) and release of one key by one session.
@@ -422,7 +434,7 @@ fn main() {
         let (fsync, sync_commit, version) = (show("fsync").await, show("synchronous_commit").await, show("server_version").await);
         let schema = format!("bench_{}", std::process::id());
         let fence = Fence {
-            backend: PgBackend::connect(PgConfig::new(url.clone()).with_schema(schema.clone()).with_pool_size(32))
+            backend: PgBackend::connect(write_transactions(PgConfig::new(url.clone()).with_schema(schema.clone()).with_pool_size(32)))
                 .await
                 .expect("backend"),
         };
@@ -495,8 +507,8 @@ fn main() {
         let stats = fence.backend.stats();
         println!(
             "\nfencelock commands written in one round trip from remembered state: {}; found stale: {}; \
-             sharing a transaction: {}",
-            stats.one_round_trip, stats.stale, stats.combined
+             sharing a transaction (same key): {}; (other keys): {}",
+            stats.one_round_trip, stats.stale, stats.combined, stats.batched
         );
     });
 }

@@ -64,6 +64,9 @@ impl PgBackend {
         if config.pool_size == 0 {
             return Err(invalid("pool_size", "must be at least 1"));
         }
+        if config.write_transactions == 0 {
+            return Err(invalid("write_transactions", "must be at least 1"));
+        }
         let pg = tokio_postgres::Config::from_str(&config.url)
             .map_err(|e| invalid("url", format!("not a Postgres URL: {e}")))?;
         let listen_url = config.listen_url.clone().unwrap_or(config.url.clone());
@@ -96,7 +99,13 @@ impl PgBackend {
             let _ = driver.await;
             migrated?;
         }
+        let writes = crate::batch::WriteBatcher::new(
+            pool.clone(),
+            &Sql::new(&config.schema),
+            config.write_transactions,
+        );
         let store = Arc::new(Store {
+            writes,
             pool,
             sql: Sql::new(&config.schema),
             limits: config.limits.clone(),
@@ -145,6 +154,7 @@ impl PgBackend {
     pub fn stats(&self) -> crate::PgStats {
         crate::PgStats {
             combined: self.inner.store.combiner.shared(),
+            batched: self.inner.store.writes.shared(),
             ..self.inner.store.known.stats()
         }
     }

@@ -20,6 +20,11 @@ pub struct PgConfig {
     pub schema: String,
     /// Most pooled connections.
     pub pool_size: usize,
+    /// Most transactions of one-round-trip writes (commands applied to a
+    /// key as this process last saw it) in flight at once; writes beyond
+    /// share the next transaction, so under load many commands pay for one
+    /// commit. A lone write never waits. Default 4.
+    pub write_transactions: usize,
     /// Longest wait for a pooled connection or a new one before `Unavailable`.
     pub connect_timeout: Duration,
     /// Limits the core enforces (per lock and per session on one lock; see
@@ -51,6 +56,7 @@ impl PgConfig {
             listen_url: None,
             schema: "fencelock".into(),
             pool_size: 16,
+            write_transactions: 4,
             connect_timeout: Duration::from_secs(5),
             limits: Limits::default(),
             recheck_interval: Duration::from_millis(250),
@@ -70,6 +76,12 @@ impl PgConfig {
     /// Sets the pool size.
     pub fn with_pool_size(mut self, size: usize) -> Self {
         self.pool_size = size;
+        self
+    }
+
+    /// Sets how many one-round-trip write transactions may be in flight.
+    pub fn with_write_transactions(mut self, n: usize) -> Self {
+        self.write_transactions = n;
         self
     }
 

@@ -79,6 +79,9 @@ pub struct PgStats {
     /// Commands that shared a transaction (and its commit) with other
     /// commands of this process on the same key.
     pub combined: u64,
+    /// One-round-trip writes that shared a transaction with writes of
+    /// other keys (see `PgConfig::write_transactions`).
+    pub batched: u64,
 }
 
 impl KnownKeys {
@@ -103,6 +106,7 @@ impl KnownKeys {
             one_round_trip: self.hits.load(Ordering::Relaxed),
             stale: self.misses.load(Ordering::Relaxed),
             combined: 0,
+            batched: 0,
         }
     }
 

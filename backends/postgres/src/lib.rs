@@ -33,6 +33,7 @@
 //! it protects.
 
 mod backend;
+mod batch;
 mod combine;
 pub mod config;
 mod error;

@@ -21,7 +21,7 @@ use fencelock::Error;
 use tokio_postgres::Client;
 
 /// Version this library writes; `migrate` brings older schemas up to it.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Migration `i` brings the schema from version `i` to `i + 1`.
 fn migrations(s: &str) -> Vec<String> {
@@ -241,6 +241,69 @@ fn migrations(s: &str) -> Vec<String> {
                  PERFORM pg_notify('{channel}', p_notify);
              END IF;
              RETURN n;
+         END $fn$;"
+        ),
+        // 3: `store_many`: the one-round-trip writes of several keys (see
+        // `batch.rs`) in one statement: one executor run, one commit for all.
+        // Per write (the arrays' i-th elements) the same checks as
+        // `store_key` with `p_now`/`p_expected` set: the server clock within
+        // [est, est + lag] and before `upto`, every session in `share` still
+        // there (share-locked), the row still at `expected`. Returns the
+        // ordinals (1-based) of the writes that were made. The per-row
+        // bigint arrays come as array literals in text (SQL arrays cannot be
+        // ragged).
+        format!(
+            "CREATE FUNCTION {s}.store_many(p_ns text[], p_name text[], p_record bytea[],
+                                        p_live boolean[], p_active text[], p_known text[],
+                                        p_deadline bigint[], p_last_token bigint[],
+                                        p_updated_at bigint[], p_notify text[],
+                                        p_expected bigint[], p_share text[], p_est bigint[],
+                                        p_upto bigint[], p_join text[], p_lag bigint)
+         RETURNS SETOF bigint LANGUAGE plpgsql VOLATILE
+         SET plan_cache_mode = force_generic_plan AS $fn$
+         BEGIN
+             RETURN QUERY
+             WITH u AS (
+                 SELECT * FROM unnest(p_ns, p_name, p_record, p_live, p_active, p_known,
+                                      p_deadline, p_last_token, p_updated_at, p_notify,
+                                      p_expected, p_share, p_est, p_upto, p_join)
+                     WITH ORDINALITY AS u(ns, name, record, live, active, known, deadline,
+                                          last_token, updated_at, notify, expected, share,
+                                          est, upto, joins, i)
+             ), c AS (SELECT {now} AS now),
+             timely AS (
+                 SELECT u.* FROM u, c
+                 WHERE c.now >= u.est AND c.now - u.est <= p_lag AND c.now < u.upto
+             ),
+             locked AS (
+                 SELECT x.id FROM {s}.sessions x
+                 WHERE x.id IN (SELECT unnest(t.share::bigint[]) FROM timely t)
+                 ORDER BY x.id FOR KEY SHARE
+             ),
+             ready AS (
+                 SELECT t.* FROM timely t
+                 WHERE t.share IS NULL
+                    OR NOT EXISTS (SELECT 1 FROM unnest(t.share::bigint[]) AS w(id)
+                                   WHERE w.id NOT IN (SELECT k.id FROM locked k))
+             ),
+             done AS (
+                 UPDATE {s}.locks l SET record = r.record, live = r.live,
+                        active = r.active::bigint[], known = r.known::bigint[],
+                        deadline = r.deadline, last_token = r.last_token,
+                        updated_at = r.updated_at, version = l.version + 1
+                 FROM ready r
+                 WHERE l.namespace = r.ns AND l.name = r.name AND l.version = r.expected
+                 RETURNING r.i, r.ns, r.name, r.notify, r.joins
+             ),
+             joined AS (
+                 INSERT INTO {s}.members
+                 SELECT j, d.ns, d.name FROM done d, unnest(d.joins::bigint[]) AS j
+                 ON CONFLICT DO NOTHING
+             ),
+             told AS (
+                 SELECT pg_notify('{channel}', d.notify) FROM done d WHERE d.notify IS NOT NULL
+             )
+             SELECT d.i FROM done d WHERE (SELECT count(*) FROM told) >= 0;
          END $fn$;"
         ),
     ]

@@ -17,6 +17,7 @@ pub(crate) fn channel(schema: &str) -> String {
 pub(crate) struct Sql {
     pub load: String,
     pub store: String,
+    pub store_many: String,
     pub notify: String,
     pub open_session: String,
     pub keep_alive: String,
@@ -42,6 +43,10 @@ impl Sql {
             store: format!(
                 "SELECT {s}.store_key($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, \
                  $14, $15, $16, $17)"
+            ),
+            store_many: format!(
+                "SELECT * FROM {s}.store_many($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, \
+                 $12, $13, $14, $15, $16)"
             ),
             notify: "SELECT pg_notify($1, $2)".into(),
             // $3: the request id (NULL: none). A known id answers its first

@@ -165,6 +165,12 @@ pub(crate) struct Write {
     join: Option<Vec<i64>>,
 }
 
+impl Write {
+    pub fn key(&self) -> &LockKey {
+        &self.key
+    }
+}
+
 pub(crate) struct Store {
     pub pool: Pool,
     pub sql: Sql,
@@ -173,6 +179,8 @@ pub(crate) struct Store {
     pub known: KnownKeys,
     /// Per-key queues: one transaction per key in flight (`combine.rs`).
     pub combiner: crate::combine::Combiner,
+    /// One-round-trip writes of different keys share transactions (`batch.rs`).
+    pub writes: Arc<crate::batch::WriteBatcher>,
 }
 
 /// Which extra checks a keyed command needs.
@@ -549,9 +557,8 @@ impl Store {
         write.estimated = Some((to_i64(now, "time").map_err(Retry::Fail)?, until));
         let change = Change::from_events(key, &events).map(Arc::new);
         let payload = change.as_deref().map(crate::notify::payload);
-        let client = self.client().await.map_err(Retry::Fail)?;
-        match self.write(&client, &write, payload.as_deref()).await {
-            Ok(1) => {
+        match self.writes.write(write, payload).await {
+            Ok((1, write)) => {
                 self.known.count(true);
                 self.remember(
                     &loaded,
@@ -569,11 +576,7 @@ impl Store {
             }
             Err(e) => {
                 self.known.forget(key);
-                if is_retryable(&e) {
-                    Err(Retry::Again(db_error(e)))
-                } else {
-                    Err(Retry::Fail(commit_error(e)))
-                }
+                Err(e)
             }
         }
     }
@@ -645,30 +648,120 @@ impl Store {
         w: &Write,
         notify: Option<&str>,
     ) -> Result<i64, tokio_postgres::Error> {
-        let (ns, name) = (w.key.namespace(), w.key.name());
-        let (estimated_now, valid_until) = w.estimated.unzip();
-        let params: Vec<Param> = vec![
-            (&ns, Type::TEXT),
-            (&name, Type::TEXT),
-            (&w.insert, Type::BOOL),
-            (&w.bytes, Type::BYTEA),
-            (&w.live, Type::BOOL),
-            (&w.active, Type::INT8_ARRAY),
-            (&w.known, Type::INT8_ARRAY),
-            (&w.deadline, Type::INT8),
-            (&w.last_token, Type::INT8),
-            (&w.updated_at, Type::INT8),
-            (&notify, Type::TEXT),
-            (&w.expected, Type::INT8),
-            (&w.share, Type::INT8_ARRAY),
-            (&estimated_now, Type::INT8),
-            (&valid_until, Type::INT8),
-            (&MAX_LAG_MS, Type::INT8),
-            (&w.join, Type::INT8_ARRAY),
-        ];
-        let rows = pg::query(client, &self.sql.store, params).await?;
-        Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)))
+        store_call(client, &self.sql.store, w, notify).await
     }
+}
+
+/// Runs the `store_key` statement `sql` for `w`: rows written (0: an insert
+/// lost a race or the version moved; negative: see `store_key`).
+pub(crate) async fn store_call(
+    client: &Client,
+    sql: &str,
+    w: &Write,
+    notify: Option<&str>,
+) -> Result<i64, tokio_postgres::Error> {
+    let (ns, name) = (w.key.namespace(), w.key.name());
+    let (estimated_now, valid_until) = w.estimated.unzip();
+    let params: Vec<Param> = vec![
+        (&ns, Type::TEXT),
+        (&name, Type::TEXT),
+        (&w.insert, Type::BOOL),
+        (&w.bytes, Type::BYTEA),
+        (&w.live, Type::BOOL),
+        (&w.active, Type::INT8_ARRAY),
+        (&w.known, Type::INT8_ARRAY),
+        (&w.deadline, Type::INT8),
+        (&w.last_token, Type::INT8),
+        (&w.updated_at, Type::INT8),
+        (&notify, Type::TEXT),
+        (&w.expected, Type::INT8),
+        (&w.share, Type::INT8_ARRAY),
+        (&estimated_now, Type::INT8),
+        (&valid_until, Type::INT8),
+        (&MAX_LAG_MS, Type::INT8),
+        (&w.join, Type::INT8_ARRAY),
+    ];
+    let rows = pg::query(client, sql, params).await?;
+    Ok(rows.first().map_or(0, |r| r.get::<_, i64>(0)))
+}
+
+/// An array literal (`{1,2}`) for a per-row bigint array of `store_many`.
+fn array_literal(ids: &[i64]) -> String {
+    let items: Vec<String> = ids.iter().map(i64::to_string).collect();
+    format!("{{{}}}", items.join(","))
+}
+
+/// Runs the `store_many` statement `sql` for several one-round-trip writes
+/// (each with its NOTIFY payload) in one transaction; answers, per write,
+/// the rows written (1 or 0). A write that is not a one-round-trip update
+/// (no expected version or estimate) is not sent and answered 0.
+pub(crate) async fn store_many_call(
+    client: &Client,
+    sql: &str,
+    writes: &[(&Write, Option<&str>)],
+) -> Result<Vec<i64>, tokio_postgres::Error> {
+    let sendable = |w: &Write| !w.insert && w.expected.is_some() && w.estimated.is_some();
+    let rows: Vec<&(&Write, Option<&str>)> = writes.iter().filter(|(w, _)| sendable(w)).collect();
+    let mut answers = vec![0; writes.len()];
+    if rows.is_empty() {
+        return Ok(answers);
+    }
+    let ns: Vec<&str> = rows.iter().map(|(w, _)| w.key.namespace()).collect();
+    let name: Vec<&str> = rows.iter().map(|(w, _)| w.key.name()).collect();
+    let record: Vec<&[u8]> = rows.iter().map(|(w, _)| w.bytes.as_slice()).collect();
+    let live: Vec<bool> = rows.iter().map(|(w, _)| w.live).collect();
+    let active: Vec<String> = rows.iter().map(|(w, _)| array_literal(&w.active)).collect();
+    let known: Vec<String> = rows.iter().map(|(w, _)| array_literal(&w.known)).collect();
+    let deadline: Vec<Option<i64>> = rows.iter().map(|(w, _)| w.deadline).collect();
+    let last_token: Vec<i64> = rows.iter().map(|(w, _)| w.last_token).collect();
+    let updated_at: Vec<i64> = rows.iter().map(|(w, _)| w.updated_at).collect();
+    let notify: Vec<Option<&str>> = rows.iter().map(|(_, n)| *n).collect();
+    let expected: Vec<Option<i64>> = rows.iter().map(|(w, _)| w.expected).collect();
+    let share: Vec<Option<String>> = rows
+        .iter()
+        .map(|(w, _)| w.share.as_deref().map(array_literal))
+        .collect();
+    let est: Vec<Option<i64>> = rows.iter().map(|(w, _)| w.estimated.map(|e| e.0)).collect();
+    let upto: Vec<Option<i64>> = rows.iter().map(|(w, _)| w.estimated.map(|e| e.1)).collect();
+    let join: Vec<Option<String>> = rows
+        .iter()
+        .map(|(w, _)| w.join.as_deref().map(array_literal))
+        .collect();
+    let params: Vec<Param> = vec![
+        (&ns, Type::TEXT_ARRAY),
+        (&name, Type::TEXT_ARRAY),
+        (&record, Type::BYTEA_ARRAY),
+        (&live, Type::BOOL_ARRAY),
+        (&active, Type::TEXT_ARRAY),
+        (&known, Type::TEXT_ARRAY),
+        (&deadline, Type::INT8_ARRAY),
+        (&last_token, Type::INT8_ARRAY),
+        (&updated_at, Type::INT8_ARRAY),
+        (&notify, Type::TEXT_ARRAY),
+        (&expected, Type::INT8_ARRAY),
+        (&share, Type::TEXT_ARRAY),
+        (&est, Type::INT8_ARRAY),
+        (&upto, Type::INT8_ARRAY),
+        (&join, Type::TEXT_ARRAY),
+        (&MAX_LAG_MS, Type::INT8),
+    ];
+    // Ordinals of `rows` that were written, mapped back to `writes`.
+    let positions: Vec<usize> = writes
+        .iter()
+        .enumerate()
+        .filter(|(_, (w, _))| sendable(w))
+        .map(|(i, _)| i)
+        .collect();
+    for row in pg::query(client, sql, params).await? {
+        let ordinal: i64 = row.try_get(0)?;
+        let at = usize::try_from(ordinal - 1)
+            .ok()
+            .and_then(|i| positions.get(i));
+        if let Some(&at) = at {
+            answers[at] = 1;
+        }
+    }
+    Ok(answers)
 }
 
 /// Which locks `load_key` takes before reading.
@@ -690,6 +783,7 @@ impl LoadHow {
 }
 
 /// Why a transaction attempt failed.
+#[derive(Clone)]
 pub(crate) enum Retry {
     /// Nothing was applied and running again may succeed.
     Again(Error),

@@ -5,8 +5,8 @@
 
 mod common;
 
-use common::{open, open_for};
-use fencelock::{Backend, Command, Error, LockError, LockKey, LockKind, Mode, Response, SessionId};
+use common::{granted, open, open_for, release, try_acquire as acquire};
+use fencelock::{Backend, Command, Error, LockError, LockKey, LockKind, Mode, Response};
 use fencelock_postgres::testkit::{shared_url, unique_schema};
 use fencelock_postgres::{PgBackend, PgConfig};
 use std::time::Duration;
@@ -16,39 +16,6 @@ async fn backend(url: &str, schema: &str) -> PgBackend {
     PgBackend::connect(PgConfig::new(url).with_schema(schema))
         .await
         .unwrap()
-}
-
-fn acquire(key: &LockKey, session: SessionId) -> Command {
-    Command::Acquire {
-        key: key.clone(),
-        session,
-        mode: Mode::Exclusive,
-        timeout_ms: Some(0),
-    }
-}
-
-async fn granted(b: &PgBackend, key: &LockKey, session: SessionId) -> u64 {
-    match b.execute(acquire(key, session), None).await {
-        Ok(Response::Granted(g)) => g.token.0,
-        other => panic!("acquire: {other:?}"),
-    }
-}
-
-async fn release(
-    b: &PgBackend,
-    key: &LockKey,
-    session: SessionId,
-    token: u64,
-) -> Result<Response, Error> {
-    b.execute(
-        Command::Release {
-            key: key.clone(),
-            session,
-            token: fencelock::FencingToken(token),
-        },
-        None,
-    )
-    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -102,8 +102,12 @@ async fn bad_configuration_names_the_field() {
     assert_eq!(field, "schema");
     let field = invalid_field(PgBackend::connect(PgConfig::new("postgres://x:y@:::bad")).await);
     assert_eq!(field, "url");
-    let field = invalid_field(PgBackend::connect(PgConfig::new(url).with_pool_size(0)).await);
+    let field =
+        invalid_field(PgBackend::connect(PgConfig::new(url.clone()).with_pool_size(0)).await);
     assert_eq!(field, "pool_size");
+    let field =
+        invalid_field(PgBackend::connect(PgConfig::new(url).with_write_transactions(0)).await);
+    assert_eq!(field, "write_transactions");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -423,3 +423,39 @@ pub async fn open_for<B: Backend>(b: &B, ttl_ms: u64) -> SessionId {
         other => panic!("open: {other:?}"),
     }
 }
+
+/// An exclusive acquire that does not wait.
+pub fn try_acquire(key: &LockKey, session: SessionId) -> Command {
+    Command::Acquire {
+        key: key.clone(),
+        session,
+        mode: Mode::Exclusive,
+        timeout_ms: Some(0),
+    }
+}
+
+/// Acquires `key` (which must be free) and returns the token.
+pub async fn granted<B: Backend>(b: &B, key: &LockKey, session: SessionId) -> u64 {
+    match b.execute(try_acquire(key, session), None).await {
+        Ok(Response::Granted(g)) => g.token.0,
+        other => panic!("acquire {key}: {other:?}"),
+    }
+}
+
+/// Releases the hold of `token`.
+pub async fn release<B: Backend>(
+    b: &B,
+    key: &LockKey,
+    session: SessionId,
+    token: u64,
+) -> Result<Response, Error> {
+    b.execute(
+        Command::Release {
+            key: key.clone(),
+            session,
+            token: FencingToken(token),
+        },
+        None,
+    )
+    .await
+}

@@ -1,0 +1,254 @@
+//! One-round-trip writes of different keys from one process share a
+//! transaction.
+//!
+//! A write from remembered state (`known.rs`) is one `store_key` statement in
+//! a transaction of its own. Under load, what costs the server is less the
+//! row than everything around it: waking a server process, parsing, starting
+//! an executor, committing, flushing the WAL, replying. So at most
+//! [`PgConfig::write_transactions`](crate::PgConfig) such writes are in
+//! flight from a process; writes that come meanwhile queue, and the next free
+//! slot sends all of them (up to [`MAX_BATCH`]) as one `store_many`
+//! statement: one executor run and one commit for all (see `schema.rs`,
+//! migration 3). A lone write goes out at once, alone — no write ever waits
+//! for company, only for a free slot.
+//!
+//! Each write keeps its own answer: `store_many` makes each write whose
+//! checks pass (clock, sessions, version) and reports which, so one stale
+//! write does not spoil the others. If the statement fails with an error
+//! from the server, it was rolled back and every write in it is answered
+//! "run again" (each then runs alone the ordinary way, so one bad write
+//! cannot keep failing the others); if the connection is lost, every
+//! write's outcome is unknown. Rows are updated in the order the plan
+//! chooses, so two processes' batches over the same keys can deadlock;
+//! Postgres breaks that (after `deadlock_timeout`) and the writes run again.
+//!
+//! Invariants:
+//! - `inflight` counts the tasks that own a slot: a caller sending its own
+//!   write alone, or a drain task sending queued ones; never more than the
+//!   limit;
+//! - only a slot owner takes writes out of the queue, and a write taken is
+//!   always answered (drain tasks are spawned, so no caller's cancellation
+//!   abandons another caller's write);
+//! - a slot owner's turn ends by handing the queue to a drain task when it
+//!   is not empty, also when the owner is dropped; so nothing queued is left
+//!   without an owner.
+
+use crate::error::{commit_error, db_error, is_retryable};
+use crate::store::{store_call, store_many_call, Retry, Write};
+use deadpool_postgres::Pool;
+use fencelock::Error;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Most writes one transaction carries.
+const MAX_BATCH: usize = 64;
+
+/// What a write gets back: rows written by its `store_key` (1: written; see
+/// `store_key` for the others), and the write itself for the caller to
+/// remember.
+pub(crate) type Written = Result<(i64, Write), Retry>;
+
+struct Pending {
+    write: Write,
+    notify: Option<String>,
+    reply: oneshot::Sender<Written>,
+}
+
+struct State {
+    inflight: usize,
+    queue: VecDeque<Pending>,
+}
+
+/// The write slots and queue of one process.
+pub(crate) struct WriteBatcher {
+    pool: Pool,
+    store_sql: String,
+    store_many_sql: String,
+    limit: usize,
+    state: Mutex<State>,
+    /// Writes that shared their transaction with another.
+    shared: AtomicU64,
+}
+
+fn abandoned() -> Retry {
+    Retry::Fail(Error::UnknownOutcome {
+        reason: "the task sending this write's transaction was dropped".into(),
+    })
+}
+
+fn not_sent() -> Retry {
+    Retry::Fail(Error::unavailable(
+        "the write was dropped before it was sent (no runtime to run it)",
+    ))
+}
+
+impl WriteBatcher {
+    pub fn new(pool: Pool, sql: &crate::sql::Sql, limit: usize) -> Arc<WriteBatcher> {
+        Arc::new(WriteBatcher {
+            pool,
+            store_sql: sql.store.clone(),
+            store_many_sql: sql.store_many.clone(),
+            limit: limit.max(1),
+            state: Mutex::new(State {
+                inflight: 0,
+                queue: VecDeque::new(),
+            }),
+            shared: AtomicU64::new(0),
+        })
+    }
+
+    /// Writes that shared their transaction with another.
+    pub fn shared(&self) -> u64 {
+        self.shared.load(Ordering::Relaxed)
+    }
+
+    /// Sends `write` (with its NOTIFY payload), alone if a slot is free,
+    /// else in the next transaction a slot sends.
+    pub async fn write(self: &Arc<Self>, write: Write, notify: Option<String>) -> Written {
+        // `Err(write)`: a slot was free, send it alone.
+        let queued = match self.state.lock() {
+            Err(_) => return Err(not_sent()),
+            Ok(mut state) if state.inflight < self.limit && state.queue.is_empty() => {
+                state.inflight += 1;
+                Err((write, notify))
+            }
+            Ok(mut state) => {
+                let (reply, answer) = oneshot::channel();
+                state.queue.push_back(Pending {
+                    write,
+                    notify,
+                    reply,
+                });
+                Ok(answer)
+            }
+        };
+        let answer = match queued {
+            Ok(answer) => answer,
+            Err((write, notify)) => {
+                let _slot = Slot {
+                    batcher: self.clone(),
+                };
+                let count = self.send_one(&write, notify.as_deref()).await?;
+                return Ok((count, write));
+            }
+        };
+        answer.await.unwrap_or_else(|_| Err(abandoned()))
+    }
+
+    async fn send_one(&self, write: &Write, notify: Option<&str>) -> Result<i64, Retry> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| Retry::Fail(crate::error::pool_error(e)))?;
+        match store_call(&client, &self.store_sql, write, notify).await {
+            Ok(n) => Ok(n),
+            Err(e) if is_retryable(&e) => Err(Retry::Again(db_error(e))),
+            Err(e) => Err(Retry::Fail(commit_error(e))),
+        }
+    }
+
+    /// Sends `batch` as one transaction; one answer per write, in order.
+    async fn send_many(&self, batch: &[Pending]) -> Result<Vec<i64>, Retry> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|e| Retry::Fail(crate::error::pool_error(e)))?;
+        let writes: Vec<(&Write, Option<&str>)> = batch
+            .iter()
+            .map(|p| (&p.write, p.notify.as_deref()))
+            .collect();
+        match store_many_call(&client, &self.store_many_sql, &writes).await {
+            Ok(counts) => Ok(counts),
+            // The server answered: the statement was rolled back. Each
+            // write runs again on its own.
+            Err(e) if e.as_db_error().is_some() => Err(Retry::Again(db_error(e))),
+            Err(e) => Err(Retry::Fail(commit_error(e))),
+        }
+    }
+
+    /// Ends a slot owner's turn: hands the queue to a drain task, or frees
+    /// the slot when nothing is queued.
+    fn hand_on(self: &Arc<Self>) {
+        let orphans = {
+            let Ok(mut state) = self.state.lock() else {
+                return;
+            };
+            if state.queue.is_empty() {
+                state.inflight -= 1;
+                return;
+            }
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(self.clone().drain());
+                    return;
+                }
+                Err(_) => {
+                    state.inflight -= 1;
+                    std::mem::take(&mut state.queue)
+                }
+            }
+        };
+        for pending in orphans {
+            let _ = pending.reply.send(Err(not_sent()));
+        }
+    }
+
+    /// Sends what is queued, a batch per transaction, until nothing is.
+    async fn drain(self: Arc<Self>) {
+        let _slot = Slot {
+            batcher: self.clone(),
+        };
+        loop {
+            let mut batch: Vec<Pending> = {
+                let Ok(mut state) = self.state.lock() else {
+                    return;
+                };
+                let n = state.queue.len().min(MAX_BATCH);
+                if n == 0 {
+                    // `_slot` frees the slot (or sees what queued since).
+                    return;
+                }
+                state.queue.drain(..n).collect()
+            };
+            if batch.len() == 1 {
+                let Some(one) = batch.pop() else { return };
+                let result = self.send_one(&one.write, one.notify.as_deref()).await;
+                let _ = one.reply.send(result.map(|n| (n, one.write)));
+                continue;
+            }
+            // Key order, which the plan usually keeps.
+            batch.sort_by(|a, b| {
+                let (a, b) = (a.write.key(), b.write.key());
+                (a.namespace(), a.name()).cmp(&(b.namespace(), b.name()))
+            });
+            self.shared.fetch_add(batch.len() as u64, Ordering::Relaxed);
+            match self.send_many(&batch).await {
+                Ok(counts) => {
+                    for (pending, n) in batch.into_iter().zip(counts) {
+                        let _ = pending.reply.send(Ok((n, pending.write)));
+                    }
+                }
+                Err(e) => {
+                    for pending in batch {
+                        let _ = pending.reply.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A slot held; on drop, the turn ends (see [`WriteBatcher::hand_on`]).
+struct Slot {
+    batcher: Arc<WriteBatcher>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.batcher.hand_on();
+    }
+}
