@@ -105,6 +105,7 @@ impl PgBackend {
             config.write_transactions,
         );
         let store = Arc::new(Store {
+            origin: crate::notify::new_origin(),
             writes,
             pool,
             sql: Sql::new(&config.schema),
@@ -123,6 +124,7 @@ impl PgBackend {
             listen_url,
             store.sql.channel.clone(),
             hub.clone(),
+            store.clone(),
             shutdown_rx.clone(),
         ));
         if config.run_sweeper {
@@ -308,8 +310,14 @@ impl Backend for PgBackend {
         // Subscribe before reading, so a wake-up between the read and the
         // sleep is not lost.
         let mut woken = self.inner.hub.subscribe();
+        // A waiter this process just queued need not read the row to learn
+        // that it waits (see `Store::remembered_waiting`).
+        let mut remembered = self.inner.store.remembered_waiting(key, session);
         loop {
-            let loaded = self.current(key, &[session]).await?;
+            let loaded = match remembered.take() {
+                Some(loaded) => Arc::new(loaded),
+                None => self.current(key, &[session]).await?,
+            };
             let status = wait_status(&loaded, session);
             let now = Instant::now();
             if status != WaitStatus::Waiting || now >= give_up {

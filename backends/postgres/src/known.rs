@@ -150,6 +150,13 @@ impl KnownKeys {
         map.insert(key.clone(), known);
     }
 
+    /// Forgets every key.
+    pub fn clear(&self) {
+        if let Ok(mut map) = self.map.lock() {
+            map.clear();
+        }
+    }
+
     pub fn forget(&self, key: &LockKey) {
         if let Ok(mut map) = self.map.lock() {
             map.remove(key);

@@ -13,6 +13,7 @@
 //! plus one round trip; it never loses it, because the grant itself is in the
 //! database.
 
+use crate::store::Store;
 use fencelock::{Event, FencingToken, Grant, LockKey, Mode, SessionId};
 use futures_util::StreamExt;
 use std::sync::Arc;
@@ -96,8 +97,10 @@ const MAX_PAYLOAD: usize = 7_000;
 
 /// The NOTIFY payload: `<namespace length>:<namespace><name>`, then one line
 /// per grant (`g session token mode granted_at expires_at|-`) and per touched
-/// session (`t session`). Keys have no control characters, so lines are safe.
-pub(crate) fn payload(change: &Change) -> String {
+/// session (`t session`), then the sending process (`o origin`: its own
+/// notifications were delivered locally already). Keys have no control
+/// characters, so lines are safe.
+pub(crate) fn payload(change: &Change, origin: u64) -> String {
     let key = &change.key;
     let mut p = format!(
         "{}:{}{}",
@@ -130,11 +133,26 @@ pub(crate) fn payload(change: &Change) -> String {
         p.truncate(head);
         p.push_str("\n*");
     }
+    p.push_str(&format!("\no {origin}"));
     p
 }
 
-/// Parses [`payload`]; `None` for anything else on the channel.
-pub(crate) fn parse_payload(p: &str) -> Option<Change> {
+/// A number that tells this process's notifications from every other's
+/// (random: process ids repeat across hosts).
+pub(crate) fn new_origin() -> u64 {
+    use std::hash::{BuildHasher, Hash, Hasher};
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    std::process::id().hash(&mut h);
+    SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .hash(&mut h);
+    std::time::SystemTime::now().hash(&mut h);
+    h.finish()
+}
+
+/// Parses [`payload`]: the change and its sender; `None` for anything else
+/// on the channel.
+pub(crate) fn parse_payload(p: &str) -> Option<(Change, Option<u64>)> {
     let mut lines = p.split('\n');
     let first = lines.next()?;
     let (len, rest) = first.split_once(':')?;
@@ -145,6 +163,7 @@ pub(crate) fn parse_payload(p: &str) -> Option<Change> {
         grants: Vec::new(),
         touched: Some(Vec::new()),
     };
+    let mut origin = None;
     for line in lines {
         let parts: Vec<&str> = line.split(' ').collect();
         match parts.as_slice() {
@@ -172,10 +191,11 @@ pub(crate) fn parse_payload(p: &str) -> Option<Change> {
                 }
             }
             ["*"] => change.touched = None,
+            ["o", o] => origin = Some(o.parse().ok()?),
             _ => return None,
         }
     }
-    Some(change)
+    Some((change, origin))
 }
 
 /// Waits for the next wake-up that concerns `key`: `Some(change)`, or
@@ -196,10 +216,17 @@ pub(crate) async fn next_wake(
 
 /// Keeps a LISTEN connection open (reconnecting with back-off) and forwards
 /// notifications until `shutdown` turns true.
+///
+/// A notification from another process also makes this one forget what it
+/// remembered of the key (`known.rs`): it is stale, and a waiter that
+/// subscribed to the hub and then found the key forgotten reads the row.
+/// This process's own notifications were broadcast at commit; they are
+/// dropped.
 pub(crate) async fn listen(
     url: String,
     channel: String,
     hub: broadcast::Sender<Wake>,
+    store: Arc<Store>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(50);
@@ -208,7 +235,7 @@ pub(crate) async fn listen(
             return;
         }
         tokio::select! {
-            ended = listen_once(&url, &channel, &hub) => {
+            ended = listen_once(&url, &channel, &hub, &store) => {
                 if let Err(e) = ended {
                     tracing::debug!("fencelock LISTEN connection: {e}");
                 } else {
@@ -217,7 +244,9 @@ pub(crate) async fn listen(
             }
             _ = shutdown.changed() => return,
         }
-        // Whatever was sent while we were away is lost: everyone re-checks.
+        // Whatever was sent while we were away is lost: everyone re-checks,
+        // and nothing remembered is trusted to sleep on.
+        store.known.clear();
         let _ = hub.send(Wake::All);
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -231,16 +260,22 @@ async fn listen_once(
     url: &str,
     channel: &str,
     hub: &broadcast::Sender<Wake>,
+    store: &Arc<Store>,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = tokio_postgres::connect(url, NoTls).await?;
-    let (forward, wanted) = (hub.clone(), channel.to_string());
+    let (forward, wanted, mine) = (hub.clone(), channel.to_string(), store.clone());
     let driver = tokio::spawn(async move {
         let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
         while let Some(message) = messages.next().await {
             match message? {
                 AsyncMessage::Notification(n) if n.channel() == wanted => {
-                    if let Some(change) = parse_payload(n.payload()) {
-                        let _ = forward.send(Wake::Key(Arc::new(change)));
+                    match parse_payload(n.payload()) {
+                        Some((_, Some(origin))) if origin == mine.origin => {}
+                        Some((change, _)) => {
+                            mine.known.forget(&change.key);
+                            let _ = forward.send(Wake::Key(Arc::new(change)));
+                        }
+                        None => {}
                     }
                 }
                 _ => {}
@@ -255,6 +290,7 @@ async fn listen_once(
         ended = &mut driver.0 => return ended.unwrap_or(Ok(())),
     }
     // Anything committed before LISTEN took effect was missed.
+    store.known.clear();
     let _ = hub.send(Wake::All);
     let ended = (&mut driver.0).await;
     drop(client);
@@ -302,7 +338,7 @@ mod tests {
             let key = LockKey::new(ns, name).unwrap();
             for touched in [None, Some(vec![]), Some(vec![SessionId(7), SessionId(8)])] {
                 let c = change(key.clone(), touched);
-                assert_eq!(parse_payload(&payload(&c)), Some(c));
+                assert_eq!(parse_payload(&payload(&c, 77)), Some((c, Some(77))));
             }
         }
         assert_eq!(parse_payload("junk"), None);
@@ -316,7 +352,8 @@ mod tests {
         let key = LockKey::new("ns", "k").unwrap();
         let mut c = change(key.clone(), None);
         c.touched = Some((0..2_000).map(SessionId).collect());
-        let parsed = parse_payload(&payload(&c)).unwrap();
+        let (parsed, origin) = parse_payload(&payload(&c, u64::MAX)).unwrap();
+        assert_eq!(origin, Some(u64::MAX));
         assert_eq!(parsed.key, key);
         assert!(parsed.grants.is_empty());
         assert!(parsed.touches(SessionId(123_456)), "everyone re-reads");

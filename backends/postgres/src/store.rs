@@ -181,6 +181,8 @@ pub(crate) struct Store {
     pub combiner: crate::combine::Combiner,
     /// One-round-trip writes of different keys share transactions (`batch.rs`).
     pub writes: Arc<crate::batch::WriteBatcher>,
+    /// Tells this process's notifications from others' (`notify.rs`).
+    pub origin: u64,
 }
 
 /// Which extra checks a keyed command needs.
@@ -416,7 +418,9 @@ impl Store {
         // pessimistic: write, notify, COMMIT of the transaction begun above.
         let written = match (optimistic, &write) {
             (true, Some(w)) => {
-                let payload = change.as_deref().map(crate::notify::payload);
+                let payload = change
+                    .as_deref()
+                    .map(|c| crate::notify::payload(c, self.origin));
                 match self.write(&client, w, payload.as_deref()).await {
                     Ok(n) => Ok(n == 1),
                     Err(e) if is_retryable(&e) => Err(Retry::Again(db_error(e))),
@@ -480,6 +484,48 @@ impl Store {
             seen,
         };
         self.known.put(&loaded.key, known);
+    }
+
+    /// `key` as this process last committed or read it, at the estimated
+    /// server time, if that shows `session` still waiting — then a waiter
+    /// can go to sleep without reading the row. Used only to sleep: every
+    /// change that ends a wait notifies, and a notification from another
+    /// process makes this process forget the key first (`notify.rs`), so a
+    /// waiter that subscribed before looking here misses no wake-up. `None`:
+    /// not remembered, too old, or something is due by now.
+    pub fn remembered_waiting(&self, key: &LockKey, session: SessionId) -> Option<Loaded> {
+        let known = self.known.get(key)?;
+        let now = self.known.estimated_now(&known)?;
+        let all_known = known
+            .record
+            .sessions()
+            .iter()
+            .all(|s| known.session(*s).is_some());
+        if !all_known || known.session(session).is_none() {
+            return None;
+        }
+        let view = KeyView::load(
+            self.limits.clone(),
+            key.clone(),
+            Some(known.record.clone()),
+            &known.sessions,
+            known.floor,
+        );
+        if view.next_due().is_some_and(|at| at <= now) {
+            return None;
+        }
+        if view.wait_view(session) != fencelock_core::WaitView::Waiting {
+            return None;
+        }
+        Some(Loaded {
+            key: key.clone(),
+            existed: true,
+            before: Some(known.record),
+            view,
+            now,
+            sessions: known.sessions,
+            version: Some(known.version),
+        })
     }
 
     /// One round trip: the commands applied to what this process knows of
@@ -556,7 +602,9 @@ impl Store {
         write.share = shared_by(items, &outcomes);
         write.estimated = Some((to_i64(now, "time").map_err(Retry::Fail)?, until));
         let change = Change::from_events(key, &events).map(Arc::new);
-        let payload = change.as_deref().map(crate::notify::payload);
+        let payload = change
+            .as_deref()
+            .map(|c| crate::notify::payload(c, self.origin));
         match self.writes.write(write, payload).await {
             Ok((1, write)) => {
                 self.known.count(true);
@@ -597,7 +645,7 @@ impl Store {
         let mut payloads: Vec<(Option<usize>, String)> = Vec::new();
         for change in notify {
             let at = writes.iter().position(|w| w.key == change.key);
-            payloads.push((at, crate::notify::payload(change)));
+            payloads.push((at, crate::notify::payload(change, self.origin)));
         }
         let payload_of = |i: usize| {
             payloads
@@ -880,7 +928,8 @@ impl Store {
     /// In one transaction: optionally lock a session row (`FOR UPDATE`),
     /// lock the keys `select` returns, apply `command` to each, write back,
     /// optionally delete the session row, commit. Runs again on a deadlock
-    /// or lost insert race.
+    /// or lost insert race. The keys it changed are forgotten in `known`
+    /// before the caller wakes anyone (see [`Store::remembered_waiting`]).
     pub async fn apply_selected(
         &self,
         lock_session: Option<SessionId>,
@@ -895,7 +944,12 @@ impl Store {
                 .try_apply_selected(lock_session, &select, command, delete_session)
                 .await
             {
-                Ok(Some(batch)) => return Ok(batch),
+                Ok(Some(batch)) => {
+                    for applied in &batch.applied {
+                        self.known.forget(&applied.loaded.key);
+                    }
+                    return Ok(batch);
+                }
                 Ok(None) | Err(Retry::Again(_)) if attempt < MAX_ATTEMPTS => continue,
                 Ok(None) => return Err(Error::unavailable("lost an insert race too often")),
                 Err(Retry::Again(e)) | Err(Retry::Fail(e)) => return Err(e),

@@ -230,6 +230,67 @@ async fn lost_notifications_delay_a_grant_by_at_most_the_recheck_interval() {
     }
 }
 
+/// A waiter goes to sleep without reading its row when its process
+/// remembers it waiting; a grant made by another process meanwhile must
+/// still be seen at once (the notification makes the process forget the
+/// key), not after the re-check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_made_elsewhere_is_seen_by_a_waiter_its_process_remembers_waiting() {
+    let url = shared_url();
+    let schema = unique_schema("remembered_wait");
+    let waiting_side = PgBackend::connect(
+        PgConfig::new(url.clone())
+            .with_schema(schema.clone())
+            .with_recheck_interval(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    let other = PgBackend::connect(PgConfig::new(url).with_schema(schema))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // LISTEN is up.
+    let key = LockKey::new("notify", "remembered").unwrap();
+    let (holder, waiter) = (open(&other).await, open(&waiting_side).await);
+    let Ok(Response::Granted(g)) = other.execute(acquire(&key, holder, None), None).await else {
+        panic!("holder")
+    };
+    assert!(matches!(
+        waiting_side
+            .execute(acquire(&key, waiter, None), None)
+            .await,
+        Ok(Response::Queued { .. })
+    ));
+    // Granted before the waiter even starts waiting.
+    other
+        .execute(
+            Command::Release {
+                key: key.clone(),
+                session: holder,
+                token: g.token,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    let status = waiting_side
+        .wait(&key, waiter, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert!(
+        matches!(status, WaitStatus::Granted(ref h) if h.token > g.token),
+        "{status:?}"
+    );
+    // (A waiter that slept on the stale memory would wake only when its
+    // wait runs out and it reads the row a last time.)
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the waiter slept on what its process remembered: {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn purged_tombstones_leave_a_token_floor() {
     let url = shared_url();
