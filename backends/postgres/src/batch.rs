@@ -44,6 +44,8 @@ use tokio::sync::oneshot;
 
 /// Most writes one transaction carries.
 const MAX_BATCH: usize = 64;
+/// Longest a write waits for company (see [`WriteBatcher::write`]).
+const LINGER: std::time::Duration = std::time::Duration::from_micros(150);
 
 /// What a write gets back: rows written by its `store_key` (1: written; see
 /// `store_key` for the others), and the write itself for the caller to
@@ -59,6 +61,8 @@ struct Pending {
 struct State {
     inflight: usize,
     queue: VecDeque<Pending>,
+    /// Writes the last transaction carried.
+    last_batch: usize,
 }
 
 /// The write slots and queue of one process.
@@ -94,6 +98,7 @@ impl WriteBatcher {
             state: Mutex::new(State {
                 inflight: 0,
                 queue: VecDeque::new(),
+                last_batch: 0,
             }),
             shared: AtomicU64::new(0),
         })
@@ -106,33 +111,53 @@ impl WriteBatcher {
 
     /// Sends `write` (with its NOTIFY payload), alone if a slot is free,
     /// else in the next transaction a slot sends.
+    ///
+    /// Closed-loop clients answer a transaction of n writes with about n
+    /// new ones a few microseconds apart. The first of them would find a
+    /// slot free and go alone, making the others wait a whole round trip
+    /// behind it; so when the last transaction carried more than one write,
+    /// a write that finds a slot free waits up to [`LINGER`] for as many to
+    /// join it. A lone client's writes (last transaction: one) never wait.
     pub async fn write(self: &Arc<Self>, write: Write, notify: Option<String>) -> Written {
-        // `Err(write)`: a slot was free, send it alone.
-        let queued = match self.state.lock() {
+        let mut mine = Some((write, notify));
+        // `None`: a slot was free, send it alone.
+        let queued: Option<oneshot::Receiver<Written>> = match self.state.lock() {
             Err(_) => return Err(not_sent()),
-            Ok(mut state) if state.inflight < self.limit && state.queue.is_empty() => {
-                state.inflight += 1;
-                Err((write, notify))
-            }
             Ok(mut state) => {
-                let (reply, answer) = oneshot::channel();
-                state.queue.push_back(Pending {
-                    write,
-                    notify,
-                    reply,
-                });
-                Ok(answer)
+                let free = state.inflight < self.limit && state.queue.is_empty();
+                let runtime = tokio::runtime::Handle::try_current().ok();
+                if free && (state.last_batch <= 1 || runtime.is_none()) {
+                    state.inflight += 1;
+                    state.last_batch = 1;
+                    None
+                } else {
+                    let Some((write, notify)) = mine.take() else {
+                        return Err(not_sent());
+                    };
+                    let (reply, answer) = oneshot::channel();
+                    state.queue.push_back(Pending {
+                        write,
+                        notify,
+                        reply,
+                    });
+                    if let (true, Some(runtime)) = (free, runtime) {
+                        state.inflight += 1;
+                        let wanted = state.last_batch.min(MAX_BATCH);
+                        runtime.spawn(self.clone().drain(Some(wanted)));
+                    }
+                    Some(answer)
+                }
             }
         };
-        let answer = match queued {
-            Ok(answer) => answer,
-            Err((write, notify)) => {
-                let _slot = Slot {
-                    batcher: self.clone(),
-                };
-                let count = self.send_one(&write, notify.as_deref()).await?;
-                return Ok((count, write));
-            }
+        let Some(answer) = queued else {
+            let _slot = Slot {
+                batcher: self.clone(),
+            };
+            let Some((write, notify)) = mine else {
+                return Err(not_sent());
+            };
+            let count = self.send_one(&write, notify.as_deref()).await?;
+            return Ok((count, write));
         };
         answer.await.unwrap_or_else(|_| Err(abandoned()))
     }
@@ -183,7 +208,7 @@ impl WriteBatcher {
             }
             match tokio::runtime::Handle::try_current() {
                 Ok(runtime) => {
-                    runtime.spawn(self.clone().drain());
+                    runtime.spawn(self.clone().drain(None));
                     return;
                 }
                 Err(_) => {
@@ -197,11 +222,25 @@ impl WriteBatcher {
         }
     }
 
-    /// Sends what is queued, a batch per transaction, until nothing is.
-    async fn drain(self: Arc<Self>) {
+    /// Sends what is queued, a batch per transaction, until nothing is;
+    /// with `wanted`, first lingers until that many are queued.
+    async fn drain(self: Arc<Self>, wanted: Option<usize>) {
         let _slot = Slot {
             batcher: self.clone(),
         };
+        if let Some(wanted) = wanted {
+            // Yield rather than sleep: the timer's resolution is a
+            // millisecond, and the writes that are coming are produced by
+            // tasks that need this thread to run.
+            let give_up = std::time::Instant::now() + LINGER;
+            loop {
+                let queued = self.state.lock().map_or(0, |s| s.queue.len());
+                if queued >= wanted || std::time::Instant::now() >= give_up {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+        }
         loop {
             let mut batch: Vec<Pending> = {
                 let Ok(mut state) = self.state.lock() else {
@@ -212,6 +251,7 @@ impl WriteBatcher {
                     // `_slot` frees the slot (or sees what queued since).
                     return;
                 }
+                state.last_batch = n;
                 state.queue.drain(..n).collect()
             };
             if batch.len() == 1 {
