@@ -47,6 +47,10 @@ pub(crate) struct Known {
     /// Rows of every session the record mentions (and the last caller's).
     pub sessions: Vec<SessionRecord>,
     pub floor: u64,
+    /// Sessions that have a `members` row for this key (every session a
+    /// record of the key ever mentioned gets one, kept while the session
+    /// lives), so a write need not add it again.
+    pub members: Vec<SessionId>,
     /// A server time that had passed by `seen`.
     pub server_now: Millis,
     pub seen: Instant,

@@ -446,7 +446,7 @@ impl Store {
                     } else {
                         loaded.version.unwrap_or(0) + 1
                     };
-                    self.remember(&loaded, w.record, version, loaded.now, seen);
+                    self.remember(&loaded, w.record, version, (loaded.now, seen), Vec::new());
                 }
                 loaded.existed = true;
                 Ok(Some(finish(outcomes, change, loaded)))
@@ -467,19 +467,27 @@ impl Store {
     }
 
     /// Remembers `key` as just committed (see `known.rs`).
+    /// `members`: sessions known to have a `members` row for the key besides
+    /// those `record` mentions.
     fn remember(
         &self,
         loaded: &Loaded,
         record: LockRecord,
         version: i64,
-        server_now: Millis,
-        seen: Instant,
+        (server_now, seen): (Millis, Instant),
+        mut members: Vec<SessionId>,
     ) {
+        for s in record.sessions() {
+            if !members.contains(&s) {
+                members.push(s);
+            }
+        }
         let known = Known {
             version,
             record,
             sessions: loaded.sessions.clone(),
             floor: loaded.view.last_token().0,
+            members,
             server_now,
             seen,
         };
@@ -598,6 +606,16 @@ impl Store {
             Some(at) => to_i64(at, "deadline").map_err(Retry::Fail)?,
             None => i64::MAX,
         };
+        // Sessions that were members once are members still (or gone, and
+        // then the write fails on their row): no `members` insert.
+        write.join = write
+            .join
+            .map(|join| -> Vec<i64> {
+                join.into_iter()
+                    .filter(|id| !known.members.iter().any(|m| session_param(*m) == *id))
+                    .collect()
+            })
+            .filter(|join| !join.is_empty());
         write.expected = Some(known.version);
         write.share = shared_by(items, &outcomes);
         write.estimated = Some((to_i64(now, "time").map_err(Retry::Fail)?, until));
@@ -612,8 +630,8 @@ impl Store {
                     &loaded,
                     write.record,
                     known.version + 1,
-                    known.server_now,
-                    known.seen,
+                    (known.server_now, known.seen),
+                    known.members,
                 );
                 Ok(Some(finish(outcomes, change, loaded)))
             }

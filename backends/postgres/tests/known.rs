@@ -279,3 +279,32 @@ async fn a_kept_alive_session_is_not_expired_from_memory() {
         other => panic!("a live session's hold was judged from a stale expiry: {other:?}"),
     }
 }
+
+/// A hold taken in one round trip — without adding the session's `members`
+/// row again, since it was there — is still found when the session closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_taken_from_memory_is_released_when_its_session_closes() {
+    let url = shared_url();
+    let schema = unique_schema("known_members");
+    let (a, b) = (backend(&url, &schema).await, backend(&url, &schema).await);
+    let (s, other) = (open(&a).await, open(&a).await);
+    let key = LockKey::new("known", "members").unwrap();
+    let t = granted(&a, &key, s).await;
+    release(&a, &key, s, t).await.unwrap();
+    let before = a.stats();
+    granted(&a, &key, s).await;
+    assert!(
+        a.stats().one_round_trip > before.one_round_trip,
+        "{:?}",
+        a.stats()
+    );
+    b.execute(Command::CloseSession { session: s }, None)
+        .await
+        .unwrap();
+    let info = b.describe(&key).await.unwrap().unwrap();
+    assert!(
+        info.holders.is_empty(),
+        "closing the session left its hold: {info:?}"
+    );
+    granted(&a, &key, other).await;
+}
