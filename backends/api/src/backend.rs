@@ -75,6 +75,23 @@ pub trait Backend: Send + Sync + 'static {
         request_id: Option<RequestId>,
     ) -> Result<Response, Error>;
 
+    /// Like [`Backend::execute`], but an `Acquire` that queues may wait up
+    /// to `max_wait` for its grant within the same call and then answer
+    /// [`Response::Granted`]: a backend that can (a networked one) saves the
+    /// waiter's separate [`Backend::wait`] round trip. Any other end of the
+    /// wait answers `Queued`, as `execute` would; [`Backend::wait`] tells
+    /// the rest. Same request-id semantics as `execute`. The default is
+    /// `execute` (no wait).
+    async fn execute_waiting(
+        &self,
+        command: Command,
+        request_id: Option<RequestId>,
+        max_wait: Duration,
+    ) -> Result<Response, Error> {
+        let _ = max_wait;
+        self.execute(command, request_id).await
+    }
+
     /// Applies the command at once, synchronously, if this backend can do so
     /// without waiting (in-process stores); `None` otherwise (the default).
     /// Same semantics as [`Backend::execute`]. The client tries it first: it
@@ -199,6 +216,17 @@ impl<B: Backend + ?Sized> Backend for Arc<B> {
         request_id: Option<RequestId>,
     ) -> Result<Response, Error> {
         (**self).execute(command, request_id).await
+    }
+
+    async fn execute_waiting(
+        &self,
+        command: Command,
+        request_id: Option<RequestId>,
+        max_wait: Duration,
+    ) -> Result<Response, Error> {
+        (**self)
+            .execute_waiting(command, request_id, max_wait)
+            .await
     }
 
     async fn wait(

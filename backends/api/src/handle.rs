@@ -89,13 +89,20 @@ impl Target {
             // Without a request id there is nothing to resend (see below).
             state: PendingState::Sending(rid.map(|rid| (command.clone(), rid))),
         };
-        let grant = match self.sessions.execute_as(&session, rid, command).await {
+        // A backend that can answers a queued acquire's grant in the same
+        // call (up to one wait slice); otherwise it says `Queued` at once.
+        let first_wait = timeout.map_or(WAIT_SLICE, |t| t.min(WAIT_SLICE));
+        let sent = tokio::time::Instant::now();
+        let answer = (self.sessions)
+            .execute_waiting_as(&session, rid, command, first_wait)
+            .await;
+        let grant = match answer {
             Ok(Response::Granted(grant)) => grant,
             Ok(Response::Queued { .. }) => {
                 pending.state = PendingState::Queued;
-                // Measured from here, not from the send: a little later,
-                // and only the fallback for a backend that stops answering.
-                let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+                // Measured from the send: only the fallback for a backend
+                // that stops answering (the backend ends the wait itself).
+                let deadline = timeout.map(|t| sent + t);
                 match self.wait(&session, deadline).await {
                     Ok(grant) => grant,
                     Err(WaitFailure::Ended(e)) => {

@@ -264,6 +264,18 @@ impl Sessions {
         request_id: Option<RequestId>,
         command: Command,
     ) -> Result<Response, Error> {
+        self.retry_waiting(request_id, command, Duration::ZERO)
+            .await
+    }
+
+    /// [`Sessions::retry`] through [`Backend::execute_waiting`]: a queued
+    /// acquire may come back granted within `max_wait` (zero: `execute`).
+    async fn retry_waiting(
+        &self,
+        request_id: Option<RequestId>,
+        command: Command,
+        max_wait: Duration,
+    ) -> Result<Response, Error> {
         if self.certain || self.retries == 0 {
             // Nothing to retry: no clone of the command; and an in-process
             // backend answers without an async call.
@@ -275,17 +287,32 @@ impl Sessions {
             if let Some(r) = self.backend().execute_now(&command, request_id) {
                 return r;
             }
-            return self.backend().execute(command, request_id).await;
+            return self.send(command, request_id, max_wait).await;
         }
         let mut attempt = 0;
         loop {
-            match self.backend().execute(command.clone(), request_id).await {
+            match self.send(command.clone(), request_id, max_wait).await {
                 Err(e) if e.is_retryable() && attempt < self.retries => {
                     attempt += 1;
                     tokio::time::sleep(backoff(attempt)).await;
                 }
                 other => return other,
             }
+        }
+    }
+
+    async fn send(
+        &self,
+        command: Command,
+        request_id: Option<RequestId>,
+        max_wait: Duration,
+    ) -> Result<Response, Error> {
+        if max_wait.is_zero() {
+            self.backend().execute(command, request_id).await
+        } else {
+            (self.backend())
+                .execute_waiting(command, request_id, max_wait)
+                .await
         }
     }
 
@@ -302,7 +329,21 @@ impl Sessions {
         request_id: Option<RequestId>,
         command: Command,
     ) -> Result<Response, Error> {
-        let r = self.retry(request_id, command).await;
+        self.execute_waiting_as(session, request_id, command, Duration::ZERO)
+            .await
+    }
+
+    /// [`Sessions::execute_as`] for an acquire that may wait up to
+    /// `max_wait` for its grant in the same call
+    /// ([`Backend::execute_waiting`]).
+    pub async fn execute_waiting_as(
+        &self,
+        session: &Session,
+        request_id: Option<RequestId>,
+        command: Command,
+        max_wait: Duration,
+    ) -> Result<Response, Error> {
+        let r = self.retry_waiting(request_id, command, max_wait).await;
         if let Err(Error::Lock(LockError::SessionNotFound { .. })) = &r {
             self.lost(session.id);
         }
