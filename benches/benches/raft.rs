@@ -18,7 +18,8 @@
 //! `fencelock_raft::fsync_waker`), `FENCELOCK_BENCH_INFLIGHT` (log entries
 //! the leader's proposer keeps in flight), `FENCELOCK_BENCH_SERIAL=1` (the
 //! leader flushes its log before replicating, as stock openraft 0.9 does),
-//! `FENCELOCK_BENCH_ETCD=off` (skip etcd).
+//! `FENCELOCK_BENCH_ETCD=off` (skip etcd), `FENCELOCK_BENCH_WORKLOADS`
+//! (which rows to run, 0-based, default `0,1,2`: for profiling one).
 
 #[path = "support/etcd.rs"]
 mod etcd;
@@ -73,7 +74,13 @@ impl Client {
             mode: Mode::Exclusive,
             timeout_ms: Some(60_000),
         };
-        let token = match self.b.execute(acquire, self.rid()).await {
+        // A queued acquire waits for its grant in the same request (as
+        // etcd's `lock` does), then by long polls.
+        let token = match self
+            .b
+            .execute_waiting(acquire, self.rid(), Duration::from_secs(5))
+            .await
+        {
             Ok(Response::Granted(g)) => g.token,
             Ok(Response::Queued { .. }) => loop {
                 match self.b.wait(key, self.session, Duration::from_secs(5)).await {
@@ -172,6 +179,21 @@ where
     }
 }
 
+/// A row that was not asked for (`FENCELOCK_BENCH_WORKLOADS`).
+const SKIPPED: Run = Run {
+    per_sec: f64::NAN,
+    p50_ms: f64::NAN,
+    p99_ms: f64::NAN,
+    entries_per_pair: f64::NAN,
+};
+
+/// Whether workload `w` is to run.
+fn selected(w: usize) -> bool {
+    std::env::var("FENCELOCK_BENCH_WORKLOADS").map_or(true, |list| {
+        list.split(',').any(|x| x.trim() == w.to_string())
+    })
+}
+
 /// The three workloads against one of our clusters.
 async fn ours(cluster: &LocalCluster, secs: f64, tag: &str) -> [Run; 3] {
     let b = Arc::new(cluster.backend());
@@ -184,6 +206,10 @@ async fn ours(cluster: &LocalCluster, secs: f64, tag: &str) -> [Run; 3] {
         .into_iter()
         .enumerate()
     {
+        if !selected(w) {
+            runs[w] = Some(SKIPPED);
+            continue;
+        }
         let tag = format!("bench-{tag}-{w}");
         let before = applied();
         let mut run = drive(clients, secs, |i, window| {
@@ -218,6 +244,10 @@ async fn etcd_runs(url: &str, secs: f64) -> [Run; 3] {
         .into_iter()
         .enumerate()
     {
+        if !selected(w) {
+            runs[w] = Some(SKIPPED);
+            continue;
+        }
         runs[w] = Some(
             drive(clients, secs, |i, window| {
                 let url = url.to_string();
@@ -382,7 +412,7 @@ fn main() {
         println!("|---|---|---|---|---|---|---|---|");
     }
     for (c, main) in &side_by_side {
-        for w in 0..3 {
+        for w in (0..3).filter(|&w| selected(w)) {
             let ours = &main[w];
             let (theirs, base) = match &etcd {
                 Some(e) => (format!("{:.0}", e[w].per_sec), e[w].per_sec),
@@ -415,7 +445,7 @@ fn main() {
     println!("|---|---|---|---|---|");
     for (c, runs) in &results {
         let name = c.name();
-        for (w, r) in runs.iter().enumerate() {
+        for (w, r) in runs.iter().enumerate().filter(|(w, _)| selected(*w)) {
             println!(
                 "| {name} | {} | {:.0} | {} | {:.2} |",
                 WORKLOADS[w],
@@ -425,7 +455,11 @@ fn main() {
             );
         }
     }
-    for (w, r) in etcd.iter().flat_map(|runs| runs.iter().enumerate()) {
+    for (w, r) in etcd
+        .iter()
+        .flat_map(|runs| runs.iter().enumerate())
+        .filter(|(w, _)| selected(*w))
+    {
         println!(
             "| etcd 3.4, 3 nodes | {} | {:.0} | {} | |",
             WORKLOADS[w],

@@ -8,8 +8,10 @@
 //! (openraft's `ensure_linearizable`) before it reads.
 
 use crate::client::{unexpected, ClientConfig, ClusterClient};
+use crate::combine::Combiner;
 use crate::grpc::GrpcTransport;
 use crate::transport::Transport;
+use crate::types::Stamped;
 use crate::wire::{ClientReply, ClientRpc, ReadAnswer, ReadQuery, WaitState};
 use async_trait::async_trait;
 use fencelock::{
@@ -21,7 +23,8 @@ use std::time::Duration;
 
 /// A lock backend served by a Raft cluster.
 pub struct RaftBackend {
-    client: ClusterClient,
+    client: Arc<ClusterClient>,
+    combiner: Arc<Combiner>,
 }
 
 impl RaftBackend {
@@ -40,8 +43,10 @@ impl RaftBackend {
         endpoints: Vec<String>,
         config: ClientConfig,
     ) -> Result<Self, Error> {
+        let client = Arc::new(ClusterClient::new(transport, endpoints, config)?);
         Ok(RaftBackend {
-            client: ClusterClient::new(transport, endpoints, config)?,
+            combiner: Combiner::new(client.clone()),
+            client,
         })
     }
 
@@ -69,11 +74,28 @@ impl Backend for RaftBackend {
         command: Command,
         request_id: Option<RequestId>,
     ) -> Result<Response, Error> {
-        let rpc = ClientRpc::Execute {
+        let stamped = Stamped {
             request_id,
             command,
         };
-        match self.client.call(rpc, Duration::ZERO).await? {
+        self.combiner.execute(stamped).await?.map_err(Error::Lock)
+    }
+
+    async fn execute_waiting(
+        &self,
+        command: Command,
+        request_id: Option<RequestId>,
+        max_wait: Duration,
+    ) -> Result<Response, Error> {
+        if max_wait.is_zero() || !matches!(command, Command::Acquire { .. }) {
+            return self.execute(command, request_id).await;
+        }
+        let rpc = ClientRpc::AcquireWait {
+            request_id,
+            command,
+            max_wait_ms: max_wait.as_millis() as u64,
+        };
+        match self.client.call(rpc, max_wait).await? {
             ClientReply::Outcome(outcome) => outcome.map_err(Error::Lock),
             other => Err(unexpected(&other)),
         }

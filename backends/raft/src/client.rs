@@ -89,7 +89,12 @@ impl ClusterClient {
     pub async fn call(&self, rpc: ClientRpc, poll: Duration) -> Result<ClientReply, Error> {
         let started = Instant::now();
         let timeout = self.config.rpc_timeout + poll;
-        let mutating = matches!(rpc, ClientRpc::Execute { .. });
+        let mutating = matches!(
+            rpc,
+            ClientRpc::Execute { .. }
+                | ClientRpc::ExecuteMany { .. }
+                | ClientRpc::AcquireWait { .. }
+        );
         let mut maybe_applied = false;
         let mut backoff = Duration::from_millis(5);
         let mut redirects = 0;

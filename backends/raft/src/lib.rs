@@ -13,6 +13,7 @@
 pub mod backend;
 pub mod client;
 pub mod clock;
+pub mod combine;
 pub mod durable;
 pub mod fsync_waker;
 pub mod grpc;
@@ -28,6 +29,7 @@ pub mod state_machine;
 pub mod transport;
 pub mod types;
 pub mod waits;
+pub mod wake;
 pub mod wal;
 pub mod wire;
 

@@ -305,6 +305,23 @@ impl LockNode {
                 .await
                 .map(ClientReply::Hold),
             ClientRpc::Admin(admin) => Ok(self.admin(admin).await),
+            ClientRpc::ExecuteMany { commands } => {
+                self.execute_many(commands).await.map(ClientReply::Outcomes)
+            }
+            ClientRpc::AcquireWait {
+                request_id,
+                command,
+                max_wait_ms,
+            } => self
+                .acquire_wait(
+                    Stamped {
+                        request_id,
+                        command,
+                    },
+                    max_wait_ms,
+                )
+                .await
+                .map(ClientReply::Outcome),
         };
         result.unwrap_or_else(|reply| reply)
     }
@@ -315,10 +332,47 @@ impl LockNode {
             .proposer
             .propose(stamped)
             .await
-            .map_err(|e| match e {
-                ProposeError::NotLeader { leader, addr } => ClientReply::NotLeader { leader, addr },
-                ProposeError::Unavailable(m) => ClientReply::Unavailable(m),
-            })
+            .map_err(propose_reply)
+    }
+
+    async fn execute_many(
+        &self,
+        commands: Vec<Stamped>,
+    ) -> Result<Vec<crate::types::Outcome>, ClientReply> {
+        self.ready().await?;
+        self.inner
+            .proposer
+            .propose_many(commands)
+            .await
+            .map_err(propose_reply)
+    }
+
+    /// Executes `stamped`; if it is an acquire that queued, waits up to
+    /// `max_wait_ms` for the grant and answers `Granted` if it came. Any
+    /// other end (still queued, wait ended, leadership lost meanwhile)
+    /// answers the acquire's own `Queued`: the client's next `wait` tells.
+    async fn acquire_wait(
+        &self,
+        stamped: Stamped,
+        max_wait_ms: u64,
+    ) -> Result<crate::types::Outcome, ClientReply> {
+        let waiter = match &stamped.command {
+            Command::Acquire { key, session, .. } if max_wait_ms > 0 => {
+                Some((key.clone(), *session))
+            }
+            _ => None,
+        };
+        let outcome = self.execute(stamped).await?;
+        let Some((key, session)) = waiter else {
+            return Ok(outcome);
+        };
+        if !matches!(outcome, Ok(fencelock_core::Response::Queued { .. })) {
+            return Ok(outcome);
+        }
+        match self.wait(key, session, max_wait_ms).await {
+            Ok(WaitState::Granted(grant)) => Ok(Ok(fencelock_core::Response::Granted(grant))),
+            _ => Ok(outcome),
+        }
     }
 
     async fn read(&self, query: ReadQuery) -> Result<ReadAnswer, ClientReply> {
@@ -358,10 +412,13 @@ impl LockNode {
             confirmed = true;
         }
         let give_up = Instant::now() + Duration::from_millis(max_wait_ms).min(MAX_POLL);
-        let mut progress = self.inner.shared.subscribe();
+        let shared = &self.inner.shared;
+        let registered = shared.wakeups().register(session);
         loop {
-            progress.borrow_and_update();
-            let state = self.inner.shared.replica().wait_state(session, &key);
+            // Armed before the state is read: a wake-up in between is kept.
+            let mut woken = std::pin::pin!(registered.notify().notified());
+            woken.as_mut().enable();
+            let state = shared.replica().wait_state(session, &key);
             let negative = matches!(
                 state,
                 WaitState::NotWaiting | WaitState::Ended(fencelock_core::WaitEnd::SessionEnded)
@@ -375,7 +432,7 @@ impl LockNode {
                 return Ok(state);
             }
             tokio::select! {
-                changed = progress.changed() => if changed.is_err() { return Ok(state) },
+                _ = woken => {}
                 _ = crate::rt::sleep_until(give_up) => return Ok(state),
             }
         }
@@ -556,6 +613,13 @@ impl LockNode {
             locks,
             table_crc,
         }
+    }
+}
+
+fn propose_reply(e: ProposeError) -> ClientReply {
+    match e {
+        ProposeError::NotLeader { leader, addr } => ClientReply::NotLeader { leader, addr },
+        ProposeError::Unavailable(m) => ClientReply::Unavailable(m),
     }
 }
 

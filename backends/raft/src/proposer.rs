@@ -42,9 +42,10 @@ pub enum ProposeError {
     Unavailable(String),
 }
 
+/// Commands proposed together (one client request): they go into one entry.
 struct Pending {
-    stamped: Stamped,
-    reply: oneshot::Sender<Result<Outcome, ProposeError>>,
+    commands: Vec<Stamped>,
+    reply: oneshot::Sender<Result<Vec<Outcome>, ProposeError>>,
 }
 
 /// Queues commands for the batching loop.
@@ -63,9 +64,18 @@ impl Proposer {
 
     /// Proposes one command; resolves once it is committed and applied.
     pub async fn propose(&self, stamped: Stamped) -> Result<Outcome, ProposeError> {
+        let mut outcomes = self.propose_many(vec![stamped]).await?;
+        outcomes
+            .pop()
+            .ok_or_else(|| ProposeError::Unavailable("the state machine lost an outcome".into()))
+    }
+
+    /// Proposes commands together (in one entry, if they fit); resolves
+    /// with their outcomes, in order, once committed and applied.
+    pub async fn propose_many(&self, commands: Vec<Stamped>) -> Result<Vec<Outcome>, ProposeError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Pending { stamped, reply })
+            .send(Pending { commands, reply })
             .await
             .map_err(|_| ProposeError::Unavailable("the node is shutting down".into()))?;
         rx.await
@@ -83,38 +93,57 @@ async fn run(
     let slots = Arc::new(Semaphore::new(max_inflight));
     // Commands in the last committed entry: about how many to expect next.
     let expect = Arc::new(AtomicUsize::new(1));
+    let mut held: Option<Pending> = None;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
-        let Some(first) = rx.recv().await else {
-            return;
+        let first = match held.take() {
+            Some(p) => p,
+            None => match rx.recv().await {
+                Some(p) => p,
+                None => return,
+            },
         };
+        // Commands in `batch`; a request's commands are never split, and
+        // one that does not fit waits (in `held`) for the next entry.
+        let mut count = first.commands.len();
         let mut batch = vec![first];
-        let drain = |batch: &mut Vec<Pending>, rx: &mut mpsc::Receiver<Pending>| {
-            while batch.len() < max_batch {
+        let drain = |batch: &mut Vec<Pending>,
+                     count: &mut usize,
+                     held: &mut Option<Pending>,
+                     rx: &mut mpsc::Receiver<Pending>| {
+            while held.is_none() && *count < max_batch {
                 match rx.try_recv() {
-                    Ok(p) => batch.push(p),
+                    Ok(p) if *count + p.commands.len() > max_batch => *held = Some(p),
+                    Ok(p) => {
+                        *count += p.commands.len();
+                        batch.push(p);
+                    }
                     Err(_) => break,
                 }
             }
         };
-        drain(&mut batch, &mut rx);
+        drain(&mut batch, &mut count, &mut held, &mut rx);
         let want = expect.load(Ordering::Relaxed).min(max_batch);
         let until = Instant::now() + LINGER;
         for _ in 0..MAX_YIELDS {
-            if batch.len() >= want || Instant::now() >= until {
+            if count >= want || held.is_some() || Instant::now() >= until {
                 break;
             }
             crate::rt::yield_now().await;
-            drain(&mut batch, &mut rx);
+            drain(&mut batch, &mut count, &mut held, &mut rx);
         }
         let raft = raft.clone();
         let expect = expect.clone();
         let now = clock.now_ms();
         crate::rt::spawn(async move {
-            let (commands, replies): (Vec<_>, Vec<_>) =
-                batch.into_iter().map(|p| (p.stamped, p.reply)).unzip();
+            let mut commands = Vec::with_capacity(count);
+            let mut replies = Vec::with_capacity(batch.len());
+            for p in batch {
+                replies.push((p.commands.len(), p.reply));
+                commands.extend(p.commands);
+            }
             let sent = commands.len();
             let result = raft.client_write(Request::Batch { now, commands }).await;
             if result.is_ok() {
@@ -124,16 +153,21 @@ async fn run(
             match result {
                 Ok(resp) => {
                     let mut outcomes = resp.data.outcomes.into_iter();
-                    for reply in replies {
-                        let r = outcomes.next().ok_or_else(|| {
-                            ProposeError::Unavailable("the state machine lost an outcome".into())
-                        });
+                    for (n, reply) in replies {
+                        let mine: Vec<Outcome> = outcomes.by_ref().take(n).collect();
+                        let r = if mine.len() == n {
+                            Ok(mine)
+                        } else {
+                            Err(ProposeError::Unavailable(
+                                "the state machine lost an outcome".into(),
+                            ))
+                        };
                         let _ = reply.send(r);
                     }
                 }
                 Err(e) => {
                     let err = propose_error(e);
-                    for reply in replies {
+                    for (_, reply) in replies {
                         let _ = reply.send(Err(err.clone()));
                     }
                 }

@@ -14,7 +14,7 @@ use crate::waits::{WaitBook, WaitOutcome};
 use crate::wal;
 use crate::wire::WaitState;
 use fencelock_core::{
-    Command, Grant, LockError, LockKey, Millis, Response, SessionId, Table, WaitEnd,
+    Command, Event, Grant, LockError, LockKey, Millis, Response, SessionId, Table, WaitEnd,
 };
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -34,9 +34,21 @@ pub struct Replica {
     pub waits: WaitBook,
     pub last_applied: Option<LogId>,
     pub membership: Membership,
+    /// Sessions whose waits the entries applied since the last
+    /// [`Replica::take_woken`] may have changed (not replicated state: it
+    /// only tells which long polls to wake, see [`crate::wake`]).
+    woken: Vec<SessionId>,
 }
 
 impl Replica {
+    /// Takes the sessions to wake (deduplicated).
+    pub fn take_woken(&mut self) -> Vec<SessionId> {
+        let mut woken = std::mem::take(&mut self.woken);
+        woken.sort_unstable();
+        woken.dedup();
+        woken
+    }
+
     /// Where `session`'s last wait for `key` stands.
     pub fn wait_state(&self, session: SessionId, key: &LockKey) -> WaitState {
         match self.waits.get(session, key) {
@@ -81,6 +93,13 @@ impl Replica {
                             self.table
                                 .apply_request(*now, c.request_id, &c.command, &mut events);
                         self.waits.record(&events);
+                        self.woken.extend(c.command.session());
+                        self.woken.extend(events.iter().map(|e| match e {
+                            Event::Granted { session, .. }
+                            | Event::WaitEnded { session, .. }
+                            | Event::HoldLost { session, .. }
+                            | Event::SessionExpired { session } => *session,
+                        }));
                         events.clear();
                         match (&outcome, &c.command) {
                             // A retried acquire returns its first answer
@@ -163,12 +182,18 @@ pub struct Progress {
 pub struct Shared {
     replica: Mutex<Replica>,
     progress: watch::Sender<Progress>,
+    wakeups: crate::wake::Wakeups,
 }
 
 impl Shared {
     /// Locks the replica for a short read.
     pub fn replica(&self) -> MutexGuard<'_, Replica> {
         self.replica.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The long polls waiting on sessions' waits.
+    pub fn wakeups(&self) -> &crate::wake::Wakeups {
+        &self.wakeups
     }
 
     /// A receiver that changes whenever entries are applied.
@@ -273,6 +298,7 @@ impl StateMachine {
                     waits,
                     last_applied: file.meta.last_log_id,
                     membership: file.meta.last_membership.clone(),
+                    woken: Vec::new(),
                 };
                 current = Some(Arc::new(file));
             }
@@ -283,6 +309,7 @@ impl StateMachine {
         let shared = Arc::new(Shared {
             replica: Mutex::new(replica),
             progress,
+            wakeups: Default::default(),
         });
         shared.publish(&shared.replica());
         Ok(StateMachine {
@@ -369,6 +396,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         let mut replies = Vec::new();
         let mut r = self.shared.replica();
+        r.woken.clear();
         for entry in entries {
             r.last_applied = Some(entry.log_id);
             let reply = match &entry.payload {
@@ -382,6 +410,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             replies.push(reply);
         }
         self.shared.publish(&r);
+        let woken = r.take_woken();
+        drop(r);
+        self.shared.wakeups.wake(&woken);
         Ok(replies)
     }
 
@@ -411,9 +442,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 waits,
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
+                woken: Vec::new(),
             };
             self.shared.publish(&r);
         }
+        self.shared.wakeups.wake_all();
         self.snaps.save(SnapshotFile {
             meta: meta.clone(),
             body,
@@ -518,6 +551,29 @@ mod tests {
         );
         // a's last wait (queued at 4, granted by b's release) is still known.
         assert!(matches!(r.wait_state(a, &key), WaitState::Granted(_)));
+    }
+
+    #[test]
+    fn an_entry_wakes_only_the_sessions_it_touches() {
+        let mut r = Replica::default();
+        let key = LockKey::new("ns", "k").unwrap();
+        let (a, b, c) = (open(&mut r, 1), open(&mut r, 1), open(&mut r, 1));
+        r.apply_request(&batch(2, vec![acquire(&key, a), acquire(&key, b)]));
+        r.apply_request(&batch(2, vec![acquire(&key, c)]));
+        r.take_woken();
+        let token = r.table.describe(&key).unwrap().holders[0].token;
+        let release = Command::Release {
+            key: key.clone(),
+            session: a,
+            token,
+        };
+        r.apply_request(&batch(3, vec![release]));
+        // a released, b was granted; c still waits and is left asleep.
+        assert_eq!(r.take_woken(), vec![a, b]);
+        assert!(r.take_woken().is_empty());
+        // c's wait times out: an event of a tick, which names no session.
+        r.apply_request(&batch(30_000, vec![Command::Tick]));
+        assert!(r.take_woken().contains(&c));
     }
 
     #[test]
