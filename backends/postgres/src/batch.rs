@@ -4,13 +4,17 @@
 //! A write from remembered state (`known.rs`) is one `store_key` statement in
 //! a transaction of its own. Under load, what costs the server is less the
 //! row than everything around it: waking a server process, parsing, starting
-//! an executor, committing, flushing the WAL, replying. So at most
-//! [`PgConfig::write_transactions`](crate::PgConfig) such writes are in
-//! flight from a process; writes that come meanwhile queue, and the next free
-//! slot sends all of them (up to [`MAX_BATCH`]) as one `store_many`
-//! statement: one executor run and one commit for all (see `schema.rs`,
-//! migration 3). A lone write goes out at once, alone — no write ever waits
-//! for company, only for a free slot.
+//! an executor, committing, flushing the WAL, replying. So only a few such
+//! writes are in flight from a process; writes that come meanwhile queue,
+//! and the next free slot sends all of them (up to [`MAX_BATCH`]) as one
+//! `store_many` statement: one executor run and one commit for all (see
+//! `schema.rs`, migration 3). A lone write goes out at once, alone.
+//!
+//! How many slots: one per [`SLOT_PER`] of the moving average round trip,
+//! at most [`PgConfig::write_transactions`](crate::PgConfig). A quick round
+//! trip means the server's CPU decides, and one bigger batch costs it less
+//! than two; a slow one means the transaction waits for the WAL flush, and
+//! more of them in flight share one flush, as separate clients' commits do.
 //!
 //! Each write keeps its own answer: `store_many` makes each write whose
 //! checks pass (clock, sessions, version) and reports which, so one stale
@@ -44,6 +48,8 @@ use tokio::sync::oneshot;
 
 /// Most writes one transaction carries.
 const MAX_BATCH: usize = 64;
+/// Round trip that opens one more slot (see `State::slots`).
+const SLOT_PER: std::time::Duration = std::time::Duration::from_millis(1);
 /// Longest a write waits for company (see [`WriteBatcher::write`]).
 const LINGER: std::time::Duration = std::time::Duration::from_micros(150);
 
@@ -63,6 +69,26 @@ struct State {
     queue: VecDeque<Pending>,
     /// Writes the last transaction carried.
     last_batch: usize,
+    /// Moving average of a transaction's round trip, in microseconds.
+    round_trip_us: u64,
+}
+
+impl State {
+    /// Slots open now: one per [`SLOT_PER`] of round trip, at most `limit`.
+    /// A transaction that takes long waits for the disk, not for the CPU,
+    /// and then more of them in flight share the server's WAL flushes (as
+    /// separate clients' commits do); a quick one is better followed by one
+    /// bigger batch.
+    fn slots(&self, limit: usize) -> usize {
+        let per = SLOT_PER.as_micros() as u64;
+        let wanted = self.round_trip_us.div_ceil(per).max(1);
+        usize::try_from(wanted).unwrap_or(usize::MAX).min(limit)
+    }
+
+    fn took(&mut self, elapsed: std::time::Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        self.round_trip_us = (self.round_trip_us * 7 + us) / 8;
+    }
 }
 
 /// The write slots and queue of one process.
@@ -99,6 +125,7 @@ impl WriteBatcher {
                 inflight: 0,
                 queue: VecDeque::new(),
                 last_batch: 0,
+                round_trip_us: 0,
             }),
             shared: AtomicU64::new(0),
         })
@@ -124,7 +151,7 @@ impl WriteBatcher {
         let queued: Option<oneshot::Receiver<Written>> = match self.state.lock() {
             Err(_) => return Err(not_sent()),
             Ok(mut state) => {
-                let free = state.inflight < self.limit && state.queue.is_empty();
+                let free = state.inflight < state.slots(self.limit) && state.queue.is_empty();
                 let runtime = tokio::runtime::Handle::try_current().ok();
                 if free && (state.last_batch <= 1 || runtime.is_none()) {
                     state.inflight += 1;
@@ -168,7 +195,10 @@ impl WriteBatcher {
             .get()
             .await
             .map_err(|e| Retry::Fail(crate::error::pool_error(e)))?;
-        match store_call(&client, &self.store_sql, write, notify).await {
+        let started = std::time::Instant::now();
+        let result = store_call(&client, &self.store_sql, write, notify).await;
+        self.took(started);
+        match result {
             Ok(n) => Ok(n),
             Err(e) if is_retryable(&e) => Err(Retry::Again(db_error(e))),
             Err(e) => Err(Retry::Fail(commit_error(e))),
@@ -186,12 +216,21 @@ impl WriteBatcher {
             .iter()
             .map(|p| (&p.write, p.notify.as_deref()))
             .collect();
-        match store_many_call(&client, &self.store_many_sql, &writes).await {
+        let started = std::time::Instant::now();
+        let result = store_many_call(&client, &self.store_many_sql, &writes).await;
+        self.took(started);
+        match result {
             Ok(counts) => Ok(counts),
             // The server answered: the statement was rolled back. Each
             // write runs again on its own.
             Err(e) if e.as_db_error().is_some() => Err(Retry::Again(db_error(e))),
             Err(e) => Err(Retry::Fail(commit_error(e))),
+        }
+    }
+
+    fn took(&self, started: std::time::Instant) {
+        if let Ok(mut state) = self.state.lock() {
+            state.took(started.elapsed());
         }
     }
 
@@ -290,5 +329,41 @@ struct Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.batcher.hand_on();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn state(round_trip_us: u64) -> State {
+        State {
+            inflight: 0,
+            queue: VecDeque::new(),
+            last_batch: 0,
+            round_trip_us,
+        }
+    }
+
+    #[test]
+    fn slots_follow_the_round_trip_within_the_limit() {
+        assert_eq!(state(0).slots(4), 1, "always one");
+        assert_eq!(state(600).slots(4), 1, "quick: one bigger batch");
+        assert_eq!(state(1_500).slots(4), 2);
+        assert_eq!(state(3_600).slots(4), 4, "a slow flush: overlap");
+        assert_eq!(state(50_000).slots(4), 4, "never above the limit");
+        assert_eq!(state(50_000).slots(1), 1);
+    }
+
+    #[test]
+    fn the_round_trip_average_moves_an_eighth_per_sample() {
+        let mut s = state(800);
+        s.took(Duration::from_micros(4_000));
+        assert_eq!(s.round_trip_us, 1_200);
+        for _ in 0..64 {
+            s.took(Duration::from_micros(4_000));
+        }
+        assert!(s.round_trip_us > 3_900, "{}", s.round_trip_us);
     }
 }

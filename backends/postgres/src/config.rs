@@ -23,9 +23,10 @@ pub struct PgConfig {
     /// Most transactions of one-round-trip writes (commands applied to a
     /// key as this process last saw it) in flight at once; writes beyond
     /// share the next transaction, so under load many commands pay for one
-    /// statement and one commit. A lone write never waits. Fewer means
-    /// bigger batches (less server work per command); more means a statement
-    /// stalled on a row lock holds up fewer others. Default 2.
+    /// statement and one commit. A lone write never waits. Within this
+    /// limit, one transaction may be in flight per millisecond its round
+    /// trips take: quick ones (CPU-bound) are better followed by one bigger
+    /// batch, slow ones (waiting for the disk) better overlapped. Default 4.
     pub write_transactions: usize,
     /// Longest wait for a pooled connection or a new one before `Unavailable`.
     pub connect_timeout: Duration,
@@ -58,7 +59,7 @@ impl PgConfig {
             listen_url: None,
             schema: "fencelock".into(),
             pool_size: 16,
-            write_transactions: 2,
+            write_transactions: 4,
             connect_timeout: Duration::from_secs(5),
             limits: Limits::default(),
             recheck_interval: Duration::from_millis(250),
