@@ -94,6 +94,7 @@ pub enum Case {
     Fifo,
     TryLock,
     WaitTimeout,
+    AcquireWaiting,
     CancelDequeues,
     LeaseExpiryGrantsNext,
     Extend,
@@ -112,7 +113,7 @@ pub enum Case {
 
 impl Case {
     /// Every case, in the order `run_all` runs them.
-    pub const ALL: [Case; 20] = [
+    pub const ALL: [Case; 21] = [
         Case::Exclusion,
         Case::RwSharing,
         Case::ReaderBatches,
@@ -120,6 +121,7 @@ impl Case {
         Case::Fifo,
         Case::TryLock,
         Case::WaitTimeout,
+        Case::AcquireWaiting,
         Case::CancelDequeues,
         Case::LeaseExpiryGrantsNext,
         Case::Extend,
@@ -145,6 +147,7 @@ impl Case {
             Case::Fifo => "fifo",
             Case::TryLock => "try_lock",
             Case::WaitTimeout => "wait_timeout",
+            Case::AcquireWaiting => "acquire_waiting",
             Case::CancelDequeues => "cancel_dequeues",
             Case::LeaseExpiryGrantsNext => "lease_expiry_grants_next",
             Case::Extend => "extend",

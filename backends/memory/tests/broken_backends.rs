@@ -22,6 +22,10 @@ enum Bug {
     LosesWakeups,
     /// A steal answers the old holder's token (no fence bump).
     StealKeepsToken,
+    /// `execute_waiting` drops request ids, so a retried acquire applies twice.
+    WaitingIgnoresRequestIds,
+    /// `execute_waiting` holds a queued acquire far past its `max_wait`.
+    WaitingOverstays,
 }
 
 struct Broken {
@@ -95,6 +99,27 @@ impl Backend for Broken {
                 }
             }
             _ => self.inner.execute(command, rid).await,
+        }
+    }
+
+    async fn execute_waiting(
+        &self,
+        command: Command,
+        rid: Option<RequestId>,
+        max_wait: Duration,
+    ) -> Result<Response, Error> {
+        match self.bug {
+            Bug::WaitingIgnoresRequestIds => {
+                self.inner.execute_waiting(command, None, max_wait).await
+            }
+            Bug::WaitingOverstays => {
+                let r = self.inner.execute_waiting(command, rid, max_wait).await;
+                if matches!(r, Ok(Response::Queued { .. })) {
+                    tokio::time::sleep(max_wait * 30).await;
+                }
+                r
+            }
+            _ => self.inner.execute_waiting(command, rid, max_wait).await,
         }
     }
 
@@ -172,4 +197,13 @@ async fn catches_lost_wakeups() {
 async fn catches_steal_without_fence_bump() {
     let msg = fails(Bug::StealKeepsToken, Case::StealBumpsFence).await;
     assert!(msg.contains("bump the fencing token"), "{msg}");
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn catches_a_waiting_acquire_that_ignores_request_ids_or_overstays() {
+    let msg = fails(Bug::WaitingIgnoresRequestIds, Case::AcquireWaiting).await;
+    assert!(msg.contains("retried acquire"), "{msg}");
+    let msg = fails(Bug::WaitingOverstays, Case::AcquireWaiting).await;
+    assert!(msg.contains("outstayed"), "{msg}");
+    passes(Bug::WaitingOverstays, Case::Exclusion).await;
 }

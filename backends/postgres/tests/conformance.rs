@@ -56,6 +56,7 @@ cases! {
     fifo => Case::Fifo,
     try_lock => Case::TryLock,
     wait_timeout => Case::WaitTimeout,
+    acquire_waiting => Case::AcquireWaiting,
     cancel_dequeues => Case::CancelDequeues,
     lease_expiry_grants_next => Case::LeaseExpiryGrantsNext,
     extend => Case::Extend,

@@ -18,6 +18,7 @@ pub(crate) async fn run(case: Case, cx: &Ctx) -> Check {
         Case::Fifo => basic::fifo(cx).await,
         Case::TryLock => basic::try_lock(cx).await,
         Case::WaitTimeout => time::wait_timeout(cx).await,
+        Case::AcquireWaiting => time::acquire_waiting(cx).await,
         Case::CancelDequeues => basic::cancel_dequeues(cx).await,
         Case::LeaseExpiryGrantsNext => time::lease_expiry_grants_next(cx).await,
         Case::Extend => time::extend(cx).await,

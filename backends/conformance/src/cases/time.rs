@@ -216,3 +216,85 @@ pub async fn session_expiry_releases_all(cx: &Ctx) -> Check {
     })?;
     Ok(())
 }
+
+/// `execute_waiting`: an acquire that queues may come back `Granted` within
+/// the wait it was given, else `Queued` (and `wait` tells the rest). Either
+/// way the grant is the one a plain acquire gets (FIFO order, a higher
+/// token), the call does not outstay its wait, and retrying it with the
+/// same request id neither queues nor grants a second time.
+pub async fn acquire_waiting(cx: &Ctx) -> Check {
+    let key = cx.key("waiting");
+    let (a, b, c) = (
+        cx.session().await?,
+        cx.session().await?,
+        cx.session().await?,
+    );
+    let acquire = |session| Command::Acquire {
+        key: key.clone(),
+        session,
+        mode: Mode::Exclusive,
+        timeout_ms: None,
+    };
+    let ga = cx.granted(&key, a, Mode::Exclusive).await?;
+    // Nobody releases: `Queued`, after about the wait given.
+    let sent = Instant::now();
+    let r = cx
+        .backend
+        .execute_waiting(acquire(b), Some(cx.rid()), cx.units(2))
+        .await;
+    ensure!(
+        matches!(r, Ok(Response::Queued { .. })),
+        "an acquire behind a holder that stays should answer Queued, got {r:?}"
+    );
+    ensure!(
+        sent.elapsed() < cx.units(2 + 20),
+        "execute_waiting outstayed its wait of {:?}: {:?}",
+        cx.units(2),
+        sent.elapsed()
+    );
+    // `c` queues behind `b` and waits in the call while the lock changes hands.
+    let rid_c = cx.rid();
+    let call = {
+        let (backend, command, wait) = (cx.backend.clone(), acquire(c), cx.units(200));
+        tokio::spawn(async move { backend.execute_waiting(command, Some(rid_c), wait).await })
+    };
+    cx.sleep_units(2).await;
+    cx.released(&key, a, ga.token).await?;
+    let gb = cx.grant_of_wait(&key, b).await?;
+    ensure!(gb.token > ga.token, "tokens rise: {:?} after {:?}", gb, ga);
+    cx.released(&key, b, gb.token).await?;
+    let answer = call
+        .await
+        .map_err(|e| format!("the execute_waiting task failed: {e}"))?;
+    let gc = match answer {
+        Ok(Response::Granted(g)) => g,
+        Ok(Response::Queued { .. }) => cx.grant_of_wait(&key, c).await?,
+        other => return Err(format!("c's execute_waiting answered {other:?}")),
+    };
+    ensure!(
+        gc.token > gb.token,
+        "c, queued behind b, must get a later grant: {gc:?} after {gb:?}"
+    );
+    ensure!(
+        cx.holders(&key).await? == vec![c],
+        "c holds the lock after b"
+    );
+    // The same request again: the first answer's effect, nothing new.
+    let again = cx
+        .backend
+        .execute_waiting(acquire(c), Some(rid_c), cx.units(2))
+        .await;
+    match again {
+        Ok(Response::Granted(g)) => ensure!(
+            g.token == gc.token,
+            "a retried acquire was granted anew: {g:?}, first {gc:?}"
+        ),
+        Ok(Response::Queued { .. }) => {}
+        other => return Err(format!("the retried acquire answered {other:?}")),
+    }
+    ensure!(
+        cx.holders(&key).await? == vec![c] && cx.waiters(&key).await?.is_empty(),
+        "a retried acquire must not queue or grant again"
+    );
+    Ok(())
+}
