@@ -11,15 +11,27 @@
 //! all (group commit): under load, many Raft appends and vote saves share one
 //! disk flush, and writes reach the disk in the order they were queued, which
 //! is what openraft requires of log and vote I/O.
+//!
+//! With fsync on, the file is grown ahead of the records in zero-filled
+//! steps of [`PREALLOCATE`] bytes: a record then overwrites zeros inside the
+//! file instead of extending it, so its `fdatasync` flushes data only, not
+//! the file size through the filesystem journal (measured on the dev VM:
+//! 105–114 → 77–88 µs per small write + fdatasync, and less CPU). A zero
+//! header ends the log on replay (no record is empty), and replay cuts
+//! everything after the last intact record, so the writer always continues
+//! right after it.
 
 use crate::fsync_waker::FsyncWaker;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
 const HEADER: usize = 8;
+/// How far ahead of the records the file is zero-filled (fsync on only).
+pub const PREALLOCATE: u64 = 2 << 20;
 /// Largest record accepted on replay; anything larger is treated as corruption.
 const MAX_RECORD: usize = 1 << 30;
 
@@ -63,7 +75,7 @@ pub fn frame(payload: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Splits framed bytes into intact records; also returns how many bytes they
-/// cover (anything after is a torn or corrupt tail).
+/// cover (anything after is a torn or corrupt tail, or preallocated zeros).
 pub fn parse(data: &[u8]) -> (Vec<Vec<u8>>, usize) {
     let mut records = Vec::new();
     let mut at = 0;
@@ -71,7 +83,9 @@ pub fn parse(data: &[u8]) -> (Vec<Vec<u8>>, usize) {
         let len = u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]]) as usize;
         let crc = u32::from_le_bytes([data[at + 4], data[at + 5], data[at + 6], data[at + 7]]);
         let start = at + HEADER;
-        if len > MAX_RECORD || data.len() - start < len {
+        // Zero length: the preallocated zeros after the last record (an
+        // empty payload would pass the CRC check, but none is ever written).
+        if len == 0 || len > MAX_RECORD || data.len() - start < len {
             break;
         }
         let payload = &data[start..start + len];
@@ -95,18 +109,49 @@ pub fn replay(path: &Path) -> io::Result<Vec<Vec<u8>>> {
         Err(e) => return Err(e),
     }
     let (records, at) = parse(&data);
+    cut_after(path, &data, at)?;
+    Ok(records)
+}
+
+/// Cuts the file after its last intact record (at `at` of `data`, its
+/// contents): a torn tail, or preallocated zeros the writer will grow again.
+fn cut_after(path: &Path, data: &[u8], at: usize) -> io::Result<()> {
     if at < data.len() {
-        tracing::warn!(
-            path = %path.display(),
-            kept = at,
-            dropped = data.len() - at,
-            "cutting a torn tail off the log file"
-        );
+        if data[at..].iter().any(|b| *b != 0) {
+            tracing::warn!(
+                path = %path.display(),
+                kept = at,
+                dropped = data.len() - at,
+                "cutting a torn tail off the log file"
+            );
+        }
         let f = OpenOptions::new().write(true).open(path)?;
         f.set_len(at as u64)?;
         f.sync_all()?;
     }
-    Ok(records)
+    Ok(())
+}
+
+/// Where appends continue in the file at `path`: right after its last intact
+/// record (anything after it is cut first).
+fn logical_end(path: &Path) -> io::Result<u64> {
+    let data = match std::fs::read(path) {
+        Ok(data) => data,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let (_, at) = parse(&data);
+    cut_after(path, &data, at)?;
+    Ok(at as u64)
+}
+
+/// The open file and where its records end.
+struct Tail {
+    file: File,
+    /// The end of the last record: the next write goes here.
+    end: u64,
+    /// The file's length (zero-filled beyond `end`).
+    len: u64,
 }
 
 /// Where the log store's framed records go. [`WalWriter`] is the file; a
@@ -178,15 +223,23 @@ impl WalWriter {
             Some(period) if fsync => Some(FsyncWaker::start(period)?),
             _ => None,
         };
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        let end = logical_end(path)?;
+        let file = (OpenOptions::new().create(true).write(true))
+            .truncate(false)
+            .open(path)?;
         if let Some(dir) = path.parent() {
             sync_dir(dir)?;
         }
+        let tail = Tail {
+            file,
+            end,
+            len: end,
+        };
         let (tx, rx) = mpsc::channel::<Op>();
         let path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("fencelock-wal".into())
-            .spawn(move || writer_loop(file, path, fsync, waker, rx))?;
+            .spawn(move || writer_loop(tail, path, fsync, waker, rx))?;
         Ok(WalWriter {
             tx: Some(tx),
             thread: Some(thread),
@@ -220,15 +273,15 @@ impl WalWriter {
 }
 
 fn writer_loop(
-    mut file: File,
+    mut tail: Tail,
     path: PathBuf,
     fsync: bool,
     waker: Option<FsyncWaker>,
     rx: mpsc::Receiver<Op>,
 ) {
-    let write = |file: &mut File, buf: &mut Vec<u8>, sync: bool| match &waker {
-        Some(w) if sync => w.during(|| flush(file, buf, sync)),
-        _ => flush(file, buf, sync),
+    let write = |tail: &mut Tail, buf: &mut Vec<u8>, sync: bool| match &waker {
+        Some(w) if sync => w.during(|| flush(tail, buf, sync, fsync)),
+        _ => flush(tail, buf, sync, fsync),
     };
     let mut pending: Vec<Done> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
@@ -243,9 +296,14 @@ fn writer_loop(
                     pending.extend(done);
                 }
                 Op::Rewrite { bytes, done } => {
-                    result = result.and_then(|_| write(&mut file, &mut buf, fsync));
+                    result = result.and_then(|_| write(&mut tail, &mut buf, fsync));
                     result = result.and_then(|_| {
-                        file = replace_file(&path, &bytes)?;
+                        let end = bytes.len() as u64;
+                        tail = Tail {
+                            file: replace_file(&path, &bytes)?,
+                            end,
+                            len: end,
+                        };
                         Ok(())
                     });
                     pending.extend(done);
@@ -258,7 +316,7 @@ fn writer_loop(
         // next synced write, which keeps a commit hint from costing a whole
         // extra flush in front of the next append.
         let sync = fsync && !pending.is_empty();
-        result = result.and_then(|_| write(&mut file, &mut buf, sync));
+        result = result.and_then(|_| write(&mut tail, &mut buf, sync));
         buf.clear();
         let failed = result.as_ref().err().map(|e| (e.kind(), e.to_string()));
         for done in pending.drain(..) {
@@ -282,13 +340,29 @@ fn writer_loop(
     }
 }
 
-fn flush(file: &mut File, buf: &mut Vec<u8>, fsync: bool) -> io::Result<()> {
-    if !buf.is_empty() {
-        file.write_all(buf)?;
-        buf.clear();
-        if fsync {
-            file.sync_data()?;
+/// Writes `buf` after the last record (growing the zero-filled area first
+/// when `preallocate` and it is too short), then syncs if `sync`.
+fn flush(tail: &mut Tail, buf: &mut Vec<u8>, sync: bool, preallocate: bool) -> io::Result<()> {
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let end = tail.end + buf.len() as u64;
+    if preallocate && end > tail.len {
+        // Zeros now; the sync below makes them durable with the records.
+        let to = end + PREALLOCATE;
+        let zeros = vec![0u8; 256 << 10];
+        while tail.len < to {
+            let n = (to - tail.len).min(zeros.len() as u64);
+            tail.file.write_all_at(&zeros[..n as usize], tail.len)?;
+            tail.len += n;
         }
+    }
+    tail.file.write_all_at(buf, tail.end)?;
+    tail.end = end;
+    tail.len = tail.len.max(end);
+    buf.clear();
+    if sync {
+        tail.file.sync_data()?;
     }
     Ok(())
 }
@@ -304,7 +378,7 @@ fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<File> {
     if let Some(dir) = path.parent() {
         sync_dir(dir)?;
     }
-    OpenOptions::new().append(true).open(path)
+    OpenOptions::new().write(true).open(path)
 }
 
 /// Makes a rename or file creation in `dir` durable.
@@ -360,6 +434,39 @@ mod tests {
         let w = WalWriter::open(&path, true).unwrap();
         append_sync(&w, b"three");
         assert_eq!(replay(&path).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn records_fill_preallocated_zeros_and_appends_continue_after_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wal");
+        let w = WalWriter::open(&path, true).unwrap();
+        append_sync(&w, b"one");
+        append_sync(&w, b"two");
+        drop(w);
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert!(len >= PREALLOCATE, "not preallocated: {len} bytes");
+        // A writer opened on it (no replay first) continues after "two",
+        // not after the zeros.
+        let w = WalWriter::open(&path, true).unwrap();
+        append_sync(&w, b"three");
+        drop(w);
+        assert_eq!(
+            replay(&path).unwrap(),
+            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
+        // A torn write inside the zeros is cut like any torn tail.
+        let end = 3 * HEADER as u64 + 11;
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&[9, 0, 0, 0, 1, 2, 3, 4, b'x'], end)
+            .unwrap();
+        drop(f);
+        assert_eq!(replay(&path).unwrap().len(), 3);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), end);
+        let w = WalWriter::open(&path, true).unwrap();
+        append_sync(&w, b"four");
+        drop(w);
+        assert_eq!(replay(&path).unwrap().len(), 4);
     }
 
     #[test]
