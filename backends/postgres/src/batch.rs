@@ -22,9 +22,15 @@
 //! from the server, it was rolled back and every write in it is answered
 //! "run again" (each then runs alone the ordinary way, so one bad write
 //! cannot keep failing the others); if the connection is lost, every
-//! write's outcome is unknown. Rows are updated in the order the plan
-//! chooses, so two processes' batches over the same keys can deadlock;
-//! Postgres breaks that (after `deadlock_timeout`) and the writes run again.
+//! write's outcome is unknown.
+//!
+//! Rows are updated in the order the plan chooses, yet batches do not
+//! deadlock: a process remembers only versions it wrote itself, so of two
+//! processes' writes to one key at most one matches the row's version, and
+//! the other takes no lock on it; every other multi-row locker (sweeper,
+//! session close) locks in key order or skips locked rows, and the session
+//! share locks a batch takes first conflict only with a close, which waits
+//! for them while holding no row a batch needs.
 //!
 //! Invariants:
 //! - `inflight` counts the tasks that own a slot: a caller sending its own
@@ -299,7 +305,7 @@ impl WriteBatcher {
                 let _ = one.reply.send(result.map(|n| (n, one.write)));
                 continue;
             }
-            // Key order, which the plan usually keeps.
+            // Key order (tidy; deadlocks are ruled out above).
             batch.sort_by(|a, b| {
                 let (a, b) = (a.write.key(), b.write.key());
                 (a.namespace(), a.name()).cmp(&(b.namespace(), b.name()))
