@@ -58,6 +58,8 @@ const MAX_BATCH: usize = 64;
 const SLOT_PER: std::time::Duration = std::time::Duration::from_millis(1);
 /// Longest a write waits for company (see [`WriteBatcher::write`]).
 const LINGER: std::time::Duration = std::time::Duration::from_micros(150);
+/// Most times a lingering write yields to the tasks producing the others.
+const LINGER_YIELDS: usize = 16;
 
 /// What a write gets back: rows written by its `store_key` (1: written; see
 /// `store_key` for the others), and the write itself for the caller to
@@ -276,9 +278,11 @@ impl WriteBatcher {
         if let Some(wanted) = wanted {
             // Yield rather than sleep: the timer's resolution is a
             // millisecond, and the writes that are coming are produced by
-            // tasks that need this thread to run.
+            // tasks already woken (by the last batch's answers) that need
+            // this thread to run. A few yields let them; more would only
+            // spin a CPU the database may need.
             let give_up = std::time::Instant::now() + LINGER;
-            loop {
+            for _ in 0..LINGER_YIELDS {
                 let queued = self.state.lock().map_or(0, |s| s.queue.len());
                 if queued >= wanted || std::time::Instant::now() >= give_up {
                     break;
