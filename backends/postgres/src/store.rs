@@ -504,12 +504,23 @@ impl Store {
     pub fn remembered_waiting(&self, key: &LockKey, session: SessionId) -> Option<Loaded> {
         let known = self.known.get(key)?;
         let now = self.known.estimated_now(&known)?;
-        let all_known = known
+        known.session(session)?;
+        let loaded = self.loaded_from_memory(key, known, now)?;
+        if loaded.view.next_due().is_some_and(|at| at <= now) {
+            return None;
+        }
+        (loaded.view.wait_view(session) == fencelock_core::WaitView::Waiting).then_some(loaded)
+    }
+
+    /// `known` as a [`Loaded`] at the estimated server time `now`; `None`
+    /// unless every session the record mentions is remembered too.
+    fn loaded_from_memory(&self, key: &LockKey, known: Known, now: Millis) -> Option<Loaded> {
+        if known
             .record
             .sessions()
             .iter()
-            .all(|s| known.session(*s).is_some());
-        if !all_known || known.session(session).is_none() {
+            .any(|s| known.session(*s).is_none())
+        {
             return None;
         }
         let view = KeyView::load(
@@ -519,12 +530,6 @@ impl Store {
             &known.sessions,
             known.floor,
         );
-        if view.next_due().is_some_and(|at| at <= now) {
-            return None;
-        }
-        if view.wait_view(session) != fencelock_core::WaitView::Waiting {
-            return None;
-        }
         Some(Loaded {
             key: key.clone(),
             existed: true,
@@ -564,29 +569,10 @@ impl Store {
                 None => return Ok(None),
             }
         }
-        if known
-            .record
-            .sessions()
-            .iter()
-            .any(|s| known.session(*s).is_none())
-        {
+        let (version, server_now, seen) = (known.version, known.server_now, known.seen);
+        let members = known.members.clone();
+        let Some(mut loaded) = self.loaded_from_memory(key, known, now) else {
             return Ok(None);
-        }
-        let view = KeyView::load(
-            self.limits.clone(),
-            key.clone(),
-            Some(known.record.clone()),
-            &known.sessions,
-            known.floor,
-        );
-        let mut loaded = Loaded {
-            key: key.clone(),
-            existed: true,
-            before: Some(known.record),
-            view,
-            now,
-            sessions: known.sessions,
-            version: Some(known.version),
         };
         // Valid only before anything this key depends on runs out.
         let first_due = first_due.into_iter().chain(loaded.view.next_due()).min();
@@ -612,11 +598,11 @@ impl Store {
             .join
             .map(|join| -> Vec<i64> {
                 join.into_iter()
-                    .filter(|id| !known.members.iter().any(|m| session_param(*m) == *id))
+                    .filter(|id| !members.iter().any(|m| session_param(*m) == *id))
                     .collect()
             })
             .filter(|join| !join.is_empty());
-        write.expected = Some(known.version);
+        write.expected = Some(version);
         write.share = shared_by(items, &outcomes);
         write.estimated = Some((to_i64(now, "time").map_err(Retry::Fail)?, until));
         let change = Change::from_events(key, &events).map(Arc::new);
@@ -629,9 +615,9 @@ impl Store {
                 self.remember(
                     &loaded,
                     write.record,
-                    known.version + 1,
-                    (known.server_now, known.seen),
-                    known.members,
+                    version + 1,
+                    (server_now, seen),
+                    members,
                 );
                 Ok(Some(finish(outcomes, change, loaded)))
             }
