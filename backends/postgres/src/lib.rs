@@ -17,6 +17,8 @@
 //! - `schema`: versioned migrations run on start under an advisory lock;
 //! - `store`: the transaction per command (two round trips; one when the
 //!   process still knows the key as it is: `known`);
+//! - `combine`: commands of one process on one key share a transaction;
+//! - `batch`: one-round-trip writes of different keys share a statement;
 //! - `session`: open, keep-alive, close, describe a session;
 //! - `notify`: LISTEN/NOTIFY and local wake-ups;
 //! - `sweep`: expiry of leases, waits and sessions;
