@@ -95,7 +95,7 @@ impl State {
 
     fn took(&mut self, elapsed: std::time::Duration) {
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        self.round_trip_us = (self.round_trip_us * 7 + us) / 8;
+        self.round_trip_us = (self.round_trip_us.saturating_mul(7).saturating_add(us)) / 8;
     }
 }
 
