@@ -19,7 +19,7 @@ use crate::clock::Clock;
 use crate::rt::Instant;
 use crate::types::{NodeId, Outcome, Raft, Request, Stamped};
 use openraft::error::{ClientWriteError, RaftError};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -91,7 +91,8 @@ async fn run(
     max_inflight: usize,
 ) {
     let slots = Arc::new(Semaphore::new(max_inflight));
-    let expect = Arc::new(Expect::default());
+    // Commands in the last committed entry: about how many to expect next.
+    let expect = Arc::new(AtomicUsize::new(1));
     let mut held: Option<Pending> = None;
     loop {
         let Ok(slot) = slots.clone().acquire_owned().await else {
@@ -124,7 +125,7 @@ async fn run(
             }
         };
         drain(&mut batch, &mut count, &mut held, &mut rx);
-        let want = expect.want().min(max_batch);
+        let want = expect.load(Ordering::Relaxed).min(max_batch);
         let until = Instant::now() + LINGER;
         for _ in 0..MAX_YIELDS {
             if count >= want || held.is_some() || Instant::now() >= until {
@@ -146,7 +147,7 @@ async fn run(
             let sent = commands.len();
             let result = raft.client_write(Request::Batch { now, commands }).await;
             if result.is_ok() {
-                expect.record(sent);
+                expect.store(sent, Ordering::Relaxed);
             }
             drop(slot);
             match result {
@@ -175,38 +176,6 @@ async fn run(
     }
 }
 
-/// About how many commands to expect next: the most carried by the last
-/// [`EXPECT_WINDOW`] committed entries. With the last entry alone, one entry
-/// that missed its linger (a reply that travelled slowly) made the next
-/// ones stop lingering, and a contended hand-off fell into a phase of
-/// one-command entries (~1.3 entries per hand-off) that lasted.
-#[derive(Default)]
-struct Expect {
-    /// The last sizes, 16 bits each, newest lowest.
-    sizes: AtomicU64,
-}
-
-/// Entries [`Expect`] remembers (16-bit lanes of a u64).
-const EXPECT_WINDOW: usize = 4;
-
-impl Expect {
-    fn record(&self, commands: usize) {
-        let n = commands.min(0xffff) as u64;
-        let _ = (self.sizes).fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
-            Some((v << 16) | n)
-        });
-    }
-
-    fn want(&self) -> usize {
-        let v = self.sizes.load(Ordering::Relaxed);
-        let most = (0..EXPECT_WINDOW)
-            .map(|i| (v >> (16 * i)) & 0xffff)
-            .max()
-            .unwrap_or(0);
-        (most as usize).max(1)
-    }
-}
-
 fn propose_error(
     e: RaftError<NodeId, ClientWriteError<NodeId, openraft::BasicNode>>,
 ) -> ProposeError {
@@ -216,25 +185,5 @@ fn propose_error(
             addr: f.leader_node.map(|n| n.addr),
         },
         other => ProposeError::Unavailable(other.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_short_entry_does_not_stop_the_linger() {
-        let e = Expect::default();
-        assert_eq!(e.want(), 1, "a fresh leader does not linger");
-        e.record(2);
-        e.record(1);
-        assert_eq!(e.want(), 2, "one entry that missed its linger");
-        for _ in 0..EXPECT_WINDOW - 1 {
-            e.record(1);
-        }
-        assert_eq!(e.want(), 1, "a lone client again after the window");
-        e.record(70_000);
-        assert_eq!(e.want(), 0xffff);
     }
 }
