@@ -19,7 +19,10 @@
 //! the leader's proposer keeps in flight), `FENCELOCK_BENCH_SERIAL=1` (the
 //! leader flushes its log before replicating, as stock openraft 0.9 does),
 //! `FENCELOCK_BENCH_ETCD=off` (skip etcd), `FENCELOCK_BENCH_WORKLOADS`
-//! (which rows to run, 0-based, default `0,1,2`: for profiling one).
+//! (which rows to run, 0-based, default `0,1,2`: for profiling one),
+//! `FENCELOCK_BENCH_AWAKE=1` (a thread wakes a CPU every 50 µs for the whole
+//! run, ours and etcd alike, as the postgres bench's second table does: this
+//! VM delivers disk completions and wake-ups to an idle vCPU late).
 
 #[path = "support/etcd.rs"]
 mod etcd;
@@ -362,6 +365,17 @@ fn main() {
             bin
         }
     };
+    let awake = std::env::var("FENCELOCK_BENCH_AWAKE").as_deref() == Ok("1");
+    let stop_waking = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if awake {
+        let stop = stop_waking.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_micros(50));
+            }
+        });
+        println!("a thread wakes a CPU every 50 µs for the whole run (ours and etcd)\n");
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -468,4 +482,5 @@ fn main() {
         );
     }
     println!("\nload average after: {}", loadavg());
+    stop_waking.store(true, Ordering::Relaxed);
 }
