@@ -24,6 +24,8 @@ struct Args {
     determinism: bool,
     jobs: usize,
     fault_ms: u64,
+    /// `--power-loss P`: see `RunOptions::power_loss`.
+    power_loss: Option<f64>,
     /// Only check a history saved with `FENCELOCK_SIM_DUMP` (its `.bin` file).
     history: Option<String>,
 }
@@ -36,6 +38,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         determinism: false,
         jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
         fault_ms: 0,
+        power_loss: None,
         history: None,
     };
     let mut it = args.iter();
@@ -66,6 +69,17 @@ fn parse(args: &[String]) -> Result<Args, String> {
                 a.fault_ms = value("--fault-ms")?
                     .parse()
                     .map_err(|_| "invalid `--fault-ms` value: expected milliseconds".to_string())?
+            }
+            "--power-loss" => {
+                let p: f64 = value("--power-loss")?.parse().map_err(|_| {
+                    "invalid `--power-loss` value: expected a probability from 0 to 1".to_string()
+                })?;
+                if !(0.0..=1.0).contains(&p) {
+                    return Err(format!(
+                        "invalid `--power-loss` value {p}: expected a probability from 0 to 1"
+                    ));
+                }
+                a.power_loss = Some(p);
             }
             "--check-history" => a.history = Some(value(flag)?),
             "--verbose" => a.verbose = true,
@@ -165,6 +179,7 @@ fn run(args: Args, _raw: &[String]) -> ExitCode {
         bugs: args.bugs.clone(),
         verbose: args.verbose,
         fault_ms: args.fault_ms,
+        power_loss: args.power_loss,
     };
     if args.determinism {
         let mut ok = true;

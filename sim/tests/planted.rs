@@ -10,14 +10,24 @@ use fencelock_sim::world::{run_seed, RunOptions};
 /// Seeds tried per bug before the test gives up.
 const BUDGET: u64 = 40;
 /// `ack-before-fsync` needs a whole-cluster power loss mid-write after a
-/// client saw the lost entry: rarer (seed 1, 13 and 34 on three builds).
-const ACK_BUDGET: u64 = 80;
+/// client saw the lost entry. With the nemesis as drawn that was rare and
+/// hung on the schedule (caught at seed 1, 13, 34 and 19 on four builds, and
+/// in none of 1..=80 on one), so its test aims the nemesis at durability:
+/// kills always on, 90% of them whole-cluster power losses.
+const ACK_BUDGET: u64 = 40;
+const ACK_POWER_LOSS: f64 = 0.9;
 
 /// Runs seeds 1.. with `bug` planted until one is caught by one of
 /// `expected`; returns the seed and the checkers that fired.
-fn first_catch(bug: Bug, expected: &[Checker], budget: u64) -> Option<(u64, Vec<Checker>)> {
+fn first_catch(
+    bug: Bug,
+    expected: &[Checker],
+    budget: u64,
+    power_loss: Option<f64>,
+) -> Option<(u64, Vec<Checker>)> {
     let options = RunOptions {
         bugs: vec![bug],
+        power_loss,
         ..RunOptions::default()
     };
     for seed in 1..=budget {
@@ -44,7 +54,11 @@ fn first_catch(bug: Bug, expected: &[Checker], budget: u64) -> Option<(u64, Vec<
                 outcome.report.violations[0]
             );
             // The control: the same seed without the bug passes.
-            let clean = std::thread::spawn(move || run_seed(seed, &RunOptions::default()))
+            let control = RunOptions {
+                power_loss,
+                ..RunOptions::default()
+            };
+            let clean = std::thread::spawn(move || run_seed(seed, &control))
                 .join()
                 .expect("the simulation does not panic");
             assert!(
@@ -59,12 +73,12 @@ fn first_catch(bug: Bug, expected: &[Checker], budget: u64) -> Option<(u64, Vec<
 }
 
 fn assert_caught(bug: Bug, expected: &[Checker]) {
-    assert_caught_within(bug, expected, BUDGET);
+    assert_caught_within(bug, expected, BUDGET, None);
 }
 
-fn assert_caught_within(bug: Bug, expected: &[Checker], budget: u64) {
+fn assert_caught_within(bug: Bug, expected: &[Checker], budget: u64, power_loss: Option<f64>) {
     assert!(
-        first_catch(bug, expected, budget).is_some(),
+        first_catch(bug, expected, budget, power_loss).is_some(),
         "planted bug {bug} was not caught by {expected:?} in any of seeds 1..={budget}"
     );
 }
@@ -108,6 +122,7 @@ fn acknowledging_before_fsync_is_caught() {
             Checker::Liveness,
         ],
         ACK_BUDGET,
+        Some(ACK_POWER_LOSS),
     );
 }
 

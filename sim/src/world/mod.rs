@@ -117,6 +117,11 @@ pub struct RunOptions {
     pub verbose: bool,
     /// Length of the fault phase (simulated ms); 0 for the default.
     pub fault_ms: Millis,
+    /// Overrides the nemesis: kills are always on, and this is the chance
+    /// that a kill takes the whole cluster's power (default: as drawn, 0.3).
+    /// Aims the simulation at durability bugs without changing how a seed
+    /// draws everything else.
+    pub power_loss: Option<f64>,
 }
 
 /// What one seed produced.
@@ -207,6 +212,14 @@ async fn simulate(options: RunOptions) -> Simulated {
         let mut rng = thread_rng();
         let n = if rng.gen_bool(0.3) { 5 } else { 3 };
         (n, rng.gen_range(4..9u32), nemesis::Swarm::draw())
+    };
+    let swarm = match options.power_loss {
+        Some(p) => nemesis::Swarm {
+            kill: true,
+            power_loss: p.clamp(0.0, 1.0),
+            ..swarm
+        },
+        None => swarm,
     };
     let world = Arc::new(World {
         history: Mutex::new(History::default()),

@@ -25,6 +25,8 @@ pub struct Swarm {
     pub gap_ms: u64,
     /// How long an fsync takes on every disk (fast to slow disks).
     pub fsync_ms: u64,
+    /// Chance that a kill (with every node up) is a whole-cluster power loss.
+    pub power_loss: f64,
 }
 
 impl Swarm {
@@ -39,6 +41,8 @@ impl Swarm {
             pause: rng.gen_bool(0.6),
             gap_ms: rng.gen_range(300..2_500),
             fsync_ms: rng.gen_range(5..=50),
+            // Fixed, not drawn: a seed's schedule stays what it was.
+            power_loss: 0.3,
         };
         if !(s.kill || s.partition || s.loss || s.delay || s.clock || s.pause) {
             s.kill = true;
@@ -107,7 +111,7 @@ impl Nemesis {
             };
             madsim::time::sleep(Duration::from_millis(gap)).await;
             match kind {
-                "kill" => self.kill().await,
+                "kill" => self.kill(swarm.power_loss).await,
                 "partition" => self.partition(),
                 "loss" => self.loss(),
                 "delay" => self.delay(),
@@ -141,7 +145,7 @@ impl Nemesis {
         }
     }
 
-    async fn kill(&self) {
+    async fn kill(&self, power_loss: f64) {
         let n = self.nodes.len();
         let all: Vec<usize> = (0..n).collect();
         if self
@@ -149,7 +153,7 @@ impl Nemesis {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_empty()
-            && thread_rng().gen_bool(0.3)
+            && thread_rng().gen_bool(power_loss)
         {
             self.mid_write(&all).await;
             return self.power_loss();
