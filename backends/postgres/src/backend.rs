@@ -99,16 +99,13 @@ impl PgBackend {
             let _ = driver.await;
             migrated?;
         }
-        let writes = crate::batch::WriteBatcher::new(
-            pool.clone(),
-            &Sql::new(&config.schema),
-            config.write_transactions,
-        );
+        let sql = Sql::new(&config.schema);
+        let writes = crate::batch::WriteBatcher::new(pool.clone(), &sql, config.write_transactions);
         let store = Arc::new(Store {
             origin: crate::notify::new_origin(),
             writes,
             pool,
-            sql: Sql::new(&config.schema),
+            sql,
             limits: config.limits.clone(),
             known: KnownKeys::new(config.tombstone_ttl),
             combiner: Default::default(),

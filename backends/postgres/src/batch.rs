@@ -309,11 +309,6 @@ impl WriteBatcher {
                 let _ = one.reply.send(result.map(|n| (n, one.write)));
                 continue;
             }
-            // Key order (tidy; deadlocks are ruled out above).
-            batch.sort_by(|a, b| {
-                let (a, b) = (a.write.key(), b.write.key());
-                (a.namespace(), a.name()).cmp(&(b.namespace(), b.name()))
-            });
             self.shared.fetch_add(batch.len() as u64, Ordering::Relaxed);
             match self.send_many(&batch).await {
                 Ok(counts) => {

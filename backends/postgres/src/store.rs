@@ -165,12 +165,6 @@ pub(crate) struct Write {
     join: Option<Vec<i64>>,
 }
 
-impl Write {
-    pub fn key(&self) -> &LockKey {
-        &self.key
-    }
-}
-
 pub(crate) struct Store {
     pub pool: Pool,
     pub sql: Sql,
@@ -550,7 +544,7 @@ impl Store {
         key: &LockKey,
         items: &[Item],
     ) -> Result<Option<Vec<Applied>>, Retry> {
-        let Some(known) = self.known.get(key) else {
+        let Some(mut known) = self.known.get(key) else {
             return Ok(None);
         };
         let Some(now) = self.known.estimated_now(&known) else {
@@ -570,7 +564,7 @@ impl Store {
             }
         }
         let (version, server_now, seen) = (known.version, known.server_now, known.seen);
-        let members = known.members.clone();
+        let members = std::mem::take(&mut known.members);
         let Some(mut loaded) = self.loaded_from_memory(key, known, now) else {
             return Ok(None);
         };
@@ -752,32 +746,50 @@ pub(crate) async fn store_many_call(
     sql: &str,
     writes: &[(&Write, Option<&str>)],
 ) -> Result<Vec<i64>, tokio_postgres::Error> {
-    let sendable = |w: &Write| !w.insert && w.expected.is_some() && w.estimated.is_some();
-    let rows: Vec<&(&Write, Option<&str>)> = writes.iter().filter(|(w, _)| sendable(w)).collect();
+    // Only one-round-trip updates are sent; `rows[i].0` is where the
+    // statement's ordinal i + 1 answers in `writes`.
+    let rows: Vec<(usize, &Write, Option<&str>)> = writes
+        .iter()
+        .enumerate()
+        .filter(|(_, (w, _))| !w.insert && w.expected.is_some() && w.estimated.is_some())
+        .map(|(i, (w, n))| (i, *w, *n))
+        .collect();
     let mut answers = vec![0; writes.len()];
     if rows.is_empty() {
         return Ok(answers);
     }
-    let ns: Vec<&str> = rows.iter().map(|(w, _)| w.key.namespace()).collect();
-    let name: Vec<&str> = rows.iter().map(|(w, _)| w.key.name()).collect();
-    let record: Vec<&[u8]> = rows.iter().map(|(w, _)| w.bytes.as_slice()).collect();
-    let live: Vec<bool> = rows.iter().map(|(w, _)| w.live).collect();
-    let active: Vec<String> = rows.iter().map(|(w, _)| array_literal(&w.active)).collect();
-    let known: Vec<String> = rows.iter().map(|(w, _)| array_literal(&w.known)).collect();
-    let deadline: Vec<Option<i64>> = rows.iter().map(|(w, _)| w.deadline).collect();
-    let last_token: Vec<i64> = rows.iter().map(|(w, _)| w.last_token).collect();
-    let updated_at: Vec<i64> = rows.iter().map(|(w, _)| w.updated_at).collect();
-    let notify: Vec<Option<&str>> = rows.iter().map(|(_, n)| *n).collect();
-    let expected: Vec<Option<i64>> = rows.iter().map(|(w, _)| w.expected).collect();
+    let ns: Vec<&str> = rows.iter().map(|(_, w, _)| w.key.namespace()).collect();
+    let name: Vec<&str> = rows.iter().map(|(_, w, _)| w.key.name()).collect();
+    let record: Vec<&[u8]> = rows.iter().map(|(_, w, _)| w.bytes.as_slice()).collect();
+    let live: Vec<bool> = rows.iter().map(|(_, w, _)| w.live).collect();
+    let active: Vec<String> = rows
+        .iter()
+        .map(|(_, w, _)| array_literal(&w.active))
+        .collect();
+    let known: Vec<String> = rows
+        .iter()
+        .map(|(_, w, _)| array_literal(&w.known))
+        .collect();
+    let deadline: Vec<Option<i64>> = rows.iter().map(|(_, w, _)| w.deadline).collect();
+    let last_token: Vec<i64> = rows.iter().map(|(_, w, _)| w.last_token).collect();
+    let updated_at: Vec<i64> = rows.iter().map(|(_, w, _)| w.updated_at).collect();
+    let notify: Vec<Option<&str>> = rows.iter().map(|(_, _, n)| *n).collect();
+    let expected: Vec<Option<i64>> = rows.iter().map(|(_, w, _)| w.expected).collect();
     let share: Vec<Option<String>> = rows
         .iter()
-        .map(|(w, _)| w.share.as_deref().map(array_literal))
+        .map(|(_, w, _)| w.share.as_deref().map(array_literal))
         .collect();
-    let est: Vec<Option<i64>> = rows.iter().map(|(w, _)| w.estimated.map(|e| e.0)).collect();
-    let upto: Vec<Option<i64>> = rows.iter().map(|(w, _)| w.estimated.map(|e| e.1)).collect();
+    let est: Vec<Option<i64>> = rows
+        .iter()
+        .map(|(_, w, _)| w.estimated.map(|e| e.0))
+        .collect();
+    let upto: Vec<Option<i64>> = rows
+        .iter()
+        .map(|(_, w, _)| w.estimated.map(|e| e.1))
+        .collect();
     let join: Vec<Option<String>> = rows
         .iter()
-        .map(|(w, _)| w.join.as_deref().map(array_literal))
+        .map(|(_, w, _)| w.join.as_deref().map(array_literal))
         .collect();
     let params: Vec<Param> = vec![
         (&ns, Type::TEXT_ARRAY),
@@ -797,19 +809,10 @@ pub(crate) async fn store_many_call(
         (&join, Type::TEXT_ARRAY),
         (&MAX_LAG_MS, Type::INT8),
     ];
-    // Ordinals of `rows` that were written, mapped back to `writes`.
-    let positions: Vec<usize> = writes
-        .iter()
-        .enumerate()
-        .filter(|(_, (w, _))| sendable(w))
-        .map(|(i, _)| i)
-        .collect();
     for row in pg::query(client, sql, params).await? {
         let ordinal: i64 = row.try_get(0)?;
-        let at = usize::try_from(ordinal - 1)
-            .ok()
-            .and_then(|i| positions.get(i));
-        if let Some(&at) = at {
+        let at = usize::try_from(ordinal - 1).ok().and_then(|i| rows.get(i));
+        if let Some(&(at, _, _)) = at {
             answers[at] = 1;
         }
     }
