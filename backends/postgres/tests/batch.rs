@@ -57,11 +57,12 @@ async fn a_stale_write_spoils_none_of_the_writes_it_shares_a_statement_with() {
     }
     let (taken, closed) = (3, 5);
     let other = open(&b).await;
-    let mut rounds = 0;
     // Tokens rise per key.
     let mut last = vec![0_u64; keys.len()];
-    loop {
-        rounds += 1;
+    // Ordinary rounds until one shared statements (at least three, at most
+    // 19), then a last round that also closes a session behind `a`'s back.
+    let mut batched_seen = false;
+    for rounds in 1.. {
         // `a` remembers every key free.
         for (key, s) in keys.iter().zip(&sessions) {
             let t = token_of(&a, key, *s).await;
@@ -71,7 +72,7 @@ async fn a_stale_write_spoils_none_of_the_writes_it_shares_a_statement_with() {
         // Behind `a`'s back: `b` takes one key (and in the last round closes
         // one of `a`'s sessions).
         let t_other = token_of(&b, &keys[taken], other).await;
-        let last_round = rounds == 20;
+        let last_round = batched_seen || rounds == 20;
         if last_round {
             b.execute(
                 Command::CloseSession {
@@ -83,6 +84,7 @@ async fn a_stale_write_spoils_none_of_the_writes_it_shares_a_statement_with() {
             .unwrap();
         }
         let answers = acquire_all(&a, &keys, &sessions).await;
+        let acquired = a.stats();
         for (i, answer) in answers.iter().enumerate() {
             match answer {
                 Err(Error::Lock(LockError::WouldBlock { .. })) if i == taken => {}
@@ -108,12 +110,17 @@ async fn a_stale_write_spoils_none_of_the_writes_it_shares_a_statement_with() {
             // found stale (not overlooked).
             assert!(after.batched > 0, "{after:?}");
             assert!(after.stale > before.stale, "{before:?} -> {after:?}");
+            // ... and did not take the current writes down with them: those
+            // were made from memory (two spare for a stalled clock).
+            let from_memory = acquired.one_round_trip - before.one_round_trip;
+            assert!(
+                from_memory + 2 >= keys.len() as u64 - 2,
+                "only {from_memory} of {} current writes were made from memory",
+                keys.len() - 2
+            );
             break;
         }
-        if after.batched > before.batched && rounds >= 3 {
-            // Run the last round (with the closed session) now.
-            rounds = 19;
-        }
+        batched_seen = rounds >= 3 && after.batched > before.batched;
     }
     // `b`, which remembers nothing of these keys, sees them all free.
     for key in &keys {
