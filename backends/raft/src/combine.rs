@@ -119,14 +119,9 @@ impl Combiner {
         let (commands, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|q| (q.stamped, q.reply)).unzip();
         let n = commands.len();
-        let result = if n == 1 {
-            let one = commands.into_iter().next();
-            match one {
-                Some(stamped) => self.execute_alone(stamped).await.map(|o| vec![o]),
-                None => Ok(Vec::new()),
-            }
-        } else {
-            match self
+        let result = match <[Stamped; 1]>::try_from(commands) {
+            Ok([stamped]) => self.execute_alone(stamped).await.map(|o| vec![o]),
+            Err(commands) => match self
                 .client
                 .call(ClientRpc::ExecuteMany { commands }, Duration::ZERO)
                 .await
@@ -134,7 +129,7 @@ impl Combiner {
                 Ok(ClientReply::Outcomes(o)) if o.len() == n => Ok(o),
                 Ok(other) => Err(unexpected(&other)),
                 Err(e) => Err(e),
-            }
+            },
         };
         drop(slot);
         match result {
