@@ -76,18 +76,17 @@ impl Durable {
     }
 
     /// Entries up to `last` were queued for writing; returns the epoch to
-    /// hand to [`Durable::completed`]. Called under the log's lock.
+    /// hand to [`Durable::completed`]. Called under the log's lock, once per
+    /// append. Wakes nobody: no waiter's condition reads `queued`
+    /// (`wait_queued` reads it once, then waits on `upto`).
     pub(crate) fn queue(&self, last: Option<u64>) -> u64 {
         let mut epoch = 0;
         self.tx.send_if_modified(|s| {
             epoch = s.epoch;
-            match last {
-                Some(last) if s.queued < Some(last) => {
-                    s.queued = Some(last);
-                    true
-                }
-                _ => false,
+            if let Some(last) = last {
+                s.queued = s.queued.max(Some(last));
             }
+            false
         });
         epoch
     }
