@@ -13,9 +13,10 @@
 //! etcd's) are printed as PASS/MISS against the etcd of this run (or the
 //! issue's figures, ~1,600 and ~160/s, when etcd is absent), never enforced.
 //! Knobs: `FENCELOCK_BENCH_SECS` (measured seconds per row, default 3),
-//! `FENCELOCK_BENCH_CLUSTERS` (`nodes:fsync[:poll]`, default
-//! `3:on,3:on:poll,1:on,3:off`; `poll` turns on the nodes' fsync waker, see
-//! `fencelock_raft::fsync_waker`), `FENCELOCK_BENCH_INFLIGHT` (log entries
+//! `FENCELOCK_BENCH_CLUSTERS` (`nodes:fsync[:waker]`, default
+//! `3:on,3:on:off,1:on,3:off`; the nodes' fsync waker is `auto` unless the
+//! row says `off` or `always`, see `fencelock_raft::fsync_waker`; the table
+//! says how many fsyncs ran with it), `FENCELOCK_BENCH_INFLIGHT` (log entries
 //! the leader's proposer keeps in flight), `FENCELOCK_BENCH_SERIAL=1` (the
 //! leader flushes its log before replicating, as stock openraft 0.9 does),
 //! `FENCELOCK_BENCH_ETCD=off` (skip etcd), `FENCELOCK_BENCH_WORKLOADS`
@@ -28,8 +29,9 @@
 mod etcd;
 
 use fencelock::{Backend, Command, LockKey, Mode, RequestId, Response, SessionId, WaitStatus};
+use fencelock_raft::fsync_waker::{self, FsyncCounts};
 use fencelock_raft::local::LocalCluster;
-use fencelock_raft::{NodeConfig, RaftBackend};
+use fencelock_raft::{FsyncPoll, NodeConfig, RaftBackend};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -122,6 +124,8 @@ struct Run {
     /// Log entries the leader applied per pair (ours only): how well
     /// commands were batched.
     entries_per_pair: f64,
+    /// Share of the nodes' fsyncs run with the fsync waker (ours only).
+    waker_share: f64,
 }
 
 /// The measured window: a short warm-up, then `secs`.
@@ -179,6 +183,7 @@ where
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         entries_per_pair: f64::NAN,
+        waker_share: f64::NAN,
     }
 }
 
@@ -188,6 +193,7 @@ const SKIPPED: Run = Run {
     p50_ms: f64::NAN,
     p99_ms: f64::NAN,
     entries_per_pair: f64::NAN,
+    waker_share: f64::NAN,
 };
 
 /// Whether workload `w` is to run.
@@ -215,6 +221,7 @@ async fn ours(cluster: &LocalCluster, secs: f64, tag: &str) -> [Run; 3] {
         }
         let tag = format!("bench-{tag}-{w}");
         let before = applied();
+        let fsyncs_before = fsync_waker::counts();
         let mut run = drive(clients, secs, |i, window| {
             let b = b.clone();
             let name = if one_key {
@@ -235,6 +242,13 @@ async fn ours(cluster: &LocalCluster, secs: f64, tag: &str) -> [Run; 3] {
         // Over the whole run, warm-up included: a rough figure.
         let pairs = run.per_sec * (secs + 0.5);
         run.entries_per_pair = applied().saturating_sub(before) as f64 / pairs.max(1.0);
+        let FsyncCounts {
+            with_waker,
+            without,
+        } = fsync_waker::counts();
+        let with = with_waker - fsyncs_before.with_waker;
+        let total = with + without - fsyncs_before.without;
+        run.waker_share = with as f64 / total.max(1) as f64;
         runs[w] = Some(run);
     }
     runs.map(Option::unwrap)
@@ -304,14 +318,11 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-/// The fsync waker's period when a cluster row asks for it.
-const POLL_US: u64 = 50;
-
 #[derive(Clone, Copy)]
 struct Cluster {
     nodes: usize,
     fsync: bool,
-    poll: bool,
+    poll: FsyncPoll,
 }
 
 impl Cluster {
@@ -321,7 +332,11 @@ impl Cluster {
             self.nodes,
             if self.nodes > 1 { "s" } else { "" },
             if self.fsync { "on" } else { "off" },
-            if self.poll { " + waker" } else { "" }
+            match (self.fsync, self.poll) {
+                (false, _) | (_, FsyncPoll::Auto(_)) => "",
+                (true, FsyncPoll::Off) => ", waker off",
+                (true, FsyncPoll::Always(_)) => ", waker always",
+            }
         )
     }
 }
@@ -341,7 +356,7 @@ fn main() {
         .unwrap_or(NodeConfig::new(1, "", "").max_inflight);
     let parallel = std::env::var("FENCELOCK_BENCH_SERIAL").as_deref() != Ok("1");
     let list = std::env::var("FENCELOCK_BENCH_CLUSTERS")
-        .unwrap_or_else(|_| "3:on,3:on:poll,1:on,3:off".into());
+        .unwrap_or_else(|_| "3:on,3:on:off,1:on,3:off".into());
     let configs: Vec<Cluster> = list
         .split(',')
         .filter_map(|c| {
@@ -349,7 +364,11 @@ fn main() {
             Some(Cluster {
                 nodes: parts.next()?.parse().ok()?,
                 fsync: parts.next()? == "on",
-                poll: parts.next() == Some("poll"),
+                poll: match parts.next() {
+                    Some("off") => FsyncPoll::Off,
+                    Some("always") => FsyncPoll::Always(fsync_waker::DEFAULT_PERIOD),
+                    _ => FsyncPoll::default(),
+                },
             })
         })
         .collect();
@@ -396,7 +415,7 @@ fn main() {
                 c.nodes,
                 move |n| NodeConfig {
                     fsync: c.fsync,
-                    fsync_poll: c.poll.then_some(Duration::from_micros(POLL_US)),
+                    fsync_poll: c.poll,
                     max_inflight: inflight,
                     parallel_leader_write: parallel,
                     ..n
@@ -455,17 +474,18 @@ fn main() {
             );
         }
     }
-    println!("\n| cluster | workload | result | acquire p50 / p99 | log entries / pair |");
-    println!("|---|---|---|---|---|");
+    println!("\n| cluster | workload | result | acquire p50 / p99 | log entries / pair | fsyncs with waker |");
+    println!("|---|---|---|---|---|---|");
     for (c, runs) in &results {
         let name = c.name();
         for (w, r) in runs.iter().enumerate().filter(|(w, _)| selected(*w)) {
             println!(
-                "| {name} | {} | {:.0} | {} | {:.2} |",
+                "| {name} | {} | {:.0} | {} | {:.2} | {:.0}% |",
                 WORKLOADS[w],
                 r.per_sec,
                 lat(r),
-                r.entries_per_pair
+                r.entries_per_pair,
+                r.waker_share * 100.0
             );
         }
     }
@@ -475,7 +495,7 @@ fn main() {
         .filter(|(w, _)| selected(*w))
     {
         println!(
-            "| etcd 3.4, 3 nodes | {} | {:.0} | {} | |",
+            "| etcd 3.4, 3 nodes | {} | {:.0} | {} | | |",
             WORKLOADS[w],
             r.per_sec,
             lat(r)

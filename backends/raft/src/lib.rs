@@ -36,5 +36,6 @@ pub mod wire;
 pub use backend::RaftBackend;
 pub use client::{ClientConfig, ClusterClient};
 pub use clock::{Clock, SystemClock};
+pub use fsync_waker::FsyncPoll;
 pub use node::{LockNode, NodeConfig, NodeError};
 pub use transport::{Transport, TransportError};

@@ -110,15 +110,15 @@ pub struct LogStore {
 impl LogStore {
     /// Opens (or creates) `dir/raft.log`, replaying what is durable.
     pub fn open(dir: &Path, fsync: bool) -> io::Result<LogStore> {
-        Self::open_with(dir, fsync, None)
+        Self::open_with(dir, fsync, crate::fsync_waker::FsyncPoll::Off)
     }
 
-    /// Like [`LogStore::open`], with a [`crate::fsync_waker::FsyncWaker`]
-    /// ticking at `fsync_poll` during each fsync.
+    /// Like [`LogStore::open`], running each fsync under `fsync_poll` (see
+    /// [`crate::fsync_waker`]).
     pub fn open_with(
         dir: &Path,
         fsync: bool,
-        fsync_poll: Option<std::time::Duration>,
+        fsync_poll: crate::fsync_waker::FsyncPoll,
     ) -> io::Result<LogStore> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("raft.log");

@@ -19,6 +19,7 @@
 //! so every replica expires the same holds at the same state time.
 
 use crate::clock::Clock;
+use crate::fsync_waker::FsyncPoll;
 use crate::log_store::LogStore;
 use crate::network::Network;
 use crate::proposer::{ProposeError, Proposer};
@@ -73,10 +74,11 @@ pub struct NodeConfig {
     /// The leader writes its own log in parallel with replicating it, so a
     /// commit costs one fsync round instead of two (see [`crate::durable`]).
     pub parallel_leader_write: bool,
-    /// While an fsync is in flight, wake a CPU at this period: for VMs that
+    /// Whether a CPU is kept awake while an fsync is in flight: for VMs that
     /// deliver disk completions to an idle vCPU late (see
-    /// [`crate::fsync_waker`]). Off by default.
-    pub fsync_poll: Option<Duration>,
+    /// [`crate::fsync_waker`]). Default: measured and chosen
+    /// ([`FsyncPoll::Auto`]).
+    pub fsync_poll: FsyncPoll,
 }
 
 impl NodeConfig {
@@ -95,7 +97,7 @@ impl NodeConfig {
             max_batch: 1024,
             max_inflight: 1,
             parallel_leader_write: true,
-            fsync_poll: None,
+            fsync_poll: FsyncPoll::default(),
         }
     }
 

@@ -21,13 +21,12 @@
 //! everything after the last intact record, so the writer always continues
 //! right after it.
 
-use crate::fsync_waker::FsyncWaker;
+use crate::fsync_waker::{FsyncPoll, FsyncRunner};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::time::Duration;
 
 const HEADER: usize = 8;
 /// How far ahead of the records the file is zero-filled (fsync on only).
@@ -213,16 +212,13 @@ impl WalWriter {
     /// off, writes are acknowledged once in the page cache (benchmarks only:
     /// a machine crash may then lose acknowledged entries).
     pub fn open(path: &Path, fsync: bool) -> io::Result<WalWriter> {
-        Self::open_with(path, fsync, None)
+        Self::open_with(path, fsync, FsyncPoll::Off)
     }
 
-    /// Like [`WalWriter::open`]; with `poll`, a [`FsyncWaker`] ticks at that
-    /// period during each fsync.
-    pub fn open_with(path: &Path, fsync: bool, poll: Option<Duration>) -> io::Result<WalWriter> {
-        let waker = match poll {
-            Some(period) if fsync => Some(FsyncWaker::start(period)?),
-            _ => None,
-        };
+    /// Like [`WalWriter::open`], running each fsync under `poll` (see
+    /// [`crate::fsync_waker`]).
+    pub fn open_with(path: &Path, fsync: bool, poll: FsyncPoll) -> io::Result<WalWriter> {
+        let runner = FsyncRunner::start(if fsync { poll } else { FsyncPoll::Off })?;
         let end = logical_end(path)?;
         let file = (OpenOptions::new().create(true).write(true))
             .truncate(false)
@@ -239,7 +235,7 @@ impl WalWriter {
         let path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("fencelock-wal".into())
-            .spawn(move || writer_loop(tail, path, fsync, waker, rx))?;
+            .spawn(move || writer_loop(tail, path, fsync, runner, rx))?;
         Ok(WalWriter {
             tx: Some(tx),
             thread: Some(thread),
@@ -276,12 +272,11 @@ fn writer_loop(
     mut tail: Tail,
     path: PathBuf,
     fsync: bool,
-    waker: Option<FsyncWaker>,
+    mut runner: FsyncRunner,
     rx: mpsc::Receiver<Op>,
 ) {
-    let write = |tail: &mut Tail, buf: &mut Vec<u8>, sync: bool| match &waker {
-        Some(w) if sync => w.during(|| flush(tail, buf, sync, fsync)),
-        _ => flush(tail, buf, sync, fsync),
+    let mut write = |tail: &mut Tail, buf: &mut Vec<u8>, sync: bool| {
+        flush(tail, buf, sync.then_some(&mut runner), fsync)
     };
     let mut pending: Vec<Done> = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
@@ -341,8 +336,14 @@ fn writer_loop(
 }
 
 /// Writes `buf` after the last record (growing the zero-filled area first
-/// when `preallocate` and it is too short), then syncs if `sync`.
-fn flush(tail: &mut Tail, buf: &mut Vec<u8>, sync: bool, preallocate: bool) -> io::Result<()> {
+/// when `preallocate` and it is too short), then syncs through `sync` if
+/// given.
+fn flush(
+    tail: &mut Tail,
+    buf: &mut Vec<u8>,
+    sync: Option<&mut FsyncRunner>,
+    preallocate: bool,
+) -> io::Result<()> {
     if buf.is_empty() {
         return Ok(());
     }
@@ -361,10 +362,10 @@ fn flush(tail: &mut Tail, buf: &mut Vec<u8>, sync: bool, preallocate: bool) -> i
     tail.end = end;
     tail.len = tail.len.max(end);
     buf.clear();
-    if sync {
-        tail.file.sync_data()?;
+    match sync {
+        Some(runner) => runner.run(|| tail.file.sync_data()),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<File> {

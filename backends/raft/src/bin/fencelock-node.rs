@@ -11,7 +11,7 @@
 
 use clap::{Parser, Subcommand};
 use fencelock_raft::grpc::{self, GrpcTransport};
-use fencelock_raft::{ClientConfig, ClusterClient, LockNode, NodeConfig, SystemClock};
+use fencelock_raft::{ClientConfig, ClusterClient, FsyncPoll, LockNode, NodeConfig, SystemClock};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +25,14 @@ use std::sync::Arc;
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
+}
+
+/// `--fsync-poll`: see [`FsyncPoll`].
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PollMode {
+    Off,
+    Auto,
+    Always,
 }
 
 #[derive(Subcommand)]
@@ -58,10 +66,14 @@ enum Cmd {
         /// Heartbeat interval in ms (election timeout is 5–10 heartbeats).
         #[arg(long, default_value_t = 100)]
         heartbeat_ms: u64,
-        /// While an fsync is in flight, wake a CPU every this many µs: for
-        /// VMs that deliver disk completions to an idle vCPU late.
-        #[arg(long)]
-        fsync_poll_us: Option<u64>,
+        /// Keep a CPU awake while an fsync is in flight, for VMs that
+        /// deliver disk completions to an idle vCPU late: `auto` measures
+        /// fsyncs with and without and keeps it only where it pays.
+        #[arg(long, value_enum, default_value_t = PollMode::Auto)]
+        fsync_poll: PollMode,
+        /// How often the kept-awake CPU wakes, in µs.
+        #[arg(long, default_value_t = 50)]
+        fsync_poll_us: u64,
     },
     /// Creates a cluster from fresh nodes.
     Init {
@@ -147,14 +159,16 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             snapshot_every,
             keep_logs,
             heartbeat_ms,
+            fsync_poll,
             fsync_poll_us,
         } => {
             if id == 0 {
                 return Err("--id: node ids start at 1".into());
             }
-            if fsync_poll_us == Some(0) {
+            if fsync_poll_us == 0 {
                 return Err("--fsync-poll-us: give at least 1 (µs)".into());
             }
+            let period = std::time::Duration::from_micros(fsync_poll_us);
             let members = init.as_deref().map(parse_members).transpose()?;
             let listener = tokio::net::TcpListener::bind(&listen)
                 .await
@@ -165,7 +179,11 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             config.snapshot_every = snapshot_every;
             config.keep_logs_after_snapshot = keep_logs;
             config.heartbeat_ms = heartbeat_ms;
-            config.fsync_poll = fsync_poll_us.map(std::time::Duration::from_micros);
+            config.fsync_poll = match fsync_poll {
+                PollMode::Off => FsyncPoll::Off,
+                PollMode::Auto => FsyncPoll::Auto(period),
+                PollMode::Always => FsyncPoll::Always(period),
+            };
             config.election_min_ms = heartbeat_ms * 5;
             config.election_max_ms = heartbeat_ms * 10;
             let node = LockNode::start(
