@@ -126,6 +126,9 @@ struct Run {
     entries_per_pair: f64,
     /// Share of the nodes' fsyncs run with the fsync waker (ours only).
     waker_share: f64,
+    /// Share of the nodes' fsyncs that took 1 ms or more (ours only): how
+    /// much of the row ran in the disk's slow regime.
+    slow_share: f64,
 }
 
 /// The measured window: a short warm-up, then `secs`.
@@ -184,6 +187,7 @@ where
         p99_ms: pct(0.99),
         entries_per_pair: f64::NAN,
         waker_share: f64::NAN,
+        slow_share: f64::NAN,
     }
 }
 
@@ -194,6 +198,7 @@ const SKIPPED: Run = Run {
     p99_ms: f64::NAN,
     entries_per_pair: f64::NAN,
     waker_share: f64::NAN,
+    slow_share: f64::NAN,
 };
 
 /// Whether workload `w` is to run.
@@ -245,10 +250,12 @@ async fn ours(cluster: &LocalCluster, secs: f64, tag: &str) -> [Run; 3] {
         let FsyncCounts {
             with_waker,
             without,
+            slow,
         } = fsync_waker::counts();
         let with = with_waker - fsyncs_before.with_waker;
-        let total = with + without - fsyncs_before.without;
-        run.waker_share = with as f64 / total.max(1) as f64;
+        let total = (with + without - fsyncs_before.without).max(1) as f64;
+        run.waker_share = with as f64 / total;
+        run.slow_share = (slow - fsyncs_before.slow) as f64 / total;
         runs[w] = Some(run);
     }
     runs.map(Option::unwrap)
@@ -474,18 +481,19 @@ fn main() {
             );
         }
     }
-    println!("\n| cluster | workload | result | acquire p50 / p99 | log entries / pair | fsyncs with waker |");
-    println!("|---|---|---|---|---|---|");
+    println!("\n| cluster | workload | result | acquire p50 / p99 | log entries / pair | fsyncs with waker | fsyncs ≥ 1 ms |");
+    println!("|---|---|---|---|---|---|---|");
     for (c, runs) in &results {
         let name = c.name();
         for (w, r) in runs.iter().enumerate().filter(|(w, _)| selected(*w)) {
             println!(
-                "| {name} | {} | {:.0} | {} | {:.2} | {:.0}% |",
+                "| {name} | {} | {:.0} | {} | {:.2} | {:.0}% | {:.0}% |",
                 WORKLOADS[w],
                 r.per_sec,
                 lat(r),
                 r.entries_per_pair,
-                r.waker_share * 100.0
+                r.waker_share * 100.0,
+                r.slow_share * 100.0
             );
         }
     }
@@ -495,7 +503,7 @@ fn main() {
         .filter(|(w, _)| selected(*w))
     {
         println!(
-            "| etcd 3.4, 3 nodes | {} | {:.0} | {} | | |",
+            "| etcd 3.4, 3 nodes | {} | {:.0} | {} | | | |",
             WORKLOADS[w],
             r.per_sec,
             lat(r)

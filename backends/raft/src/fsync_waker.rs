@@ -230,16 +230,24 @@ impl AutoChoice {
 pub struct FsyncCounts {
     pub with_waker: u64,
     pub without: u64,
+    /// Fsyncs (either way) that took [`SLOW_FSYNC`] or longer: how much of
+    /// the time the machine was in its slow regime.
+    pub slow: u64,
 }
+
+/// An fsync this long is counted as slow ([`FsyncCounts::slow`]).
+pub const SLOW_FSYNC: Duration = Duration::from_millis(1);
 
 static WITH_WAKER: AtomicU64 = AtomicU64::new(0);
 static WITHOUT: AtomicU64 = AtomicU64::new(0);
+static SLOW: AtomicU64 = AtomicU64::new(0);
 
 /// How many fsyncs the log writers of this process ran each way so far.
 pub fn counts() -> FsyncCounts {
     FsyncCounts {
         with_waker: WITH_WAKER.load(Ordering::Relaxed),
         without: WITHOUT.load(Ordering::Relaxed),
+        slow: SLOW.load(Ordering::Relaxed),
     }
 }
 
@@ -273,8 +281,12 @@ impl FsyncRunner {
             None => fsync(),
         };
         let with = waker.is_some();
+        let took = start.elapsed();
         if let Some(a) = &mut self.auto {
-            a.record(with, start.elapsed());
+            a.record(with, took);
+        }
+        if took >= SLOW_FSYNC {
+            SLOW.fetch_add(1, Ordering::Relaxed);
         }
         let counter = if with { &WITH_WAKER } else { &WITHOUT };
         counter.fetch_add(1, Ordering::Relaxed);
