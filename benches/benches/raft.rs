@@ -129,6 +129,9 @@ struct Run {
     /// Share of the nodes' fsyncs that took 1 ms or more (ours only): how
     /// much of the row ran in the disk's slow regime.
     slow_share: f64,
+    /// CPU used meanwhile by processes other than the bench and its etcd
+    /// members, in cores: what else competed for this machine.
+    others_cores: f64,
 }
 
 /// The measured window: a short warm-up, then `secs`.
@@ -163,11 +166,12 @@ impl Window {
 
 /// Runs `clients` closed-loop clients (each a task returning its latencies)
 /// and sums them up.
-async fn drive<F, Fut>(clients: usize, secs: f64, client: F) -> Run
+async fn drive<F, Fut>(clients: usize, secs: f64, pids: &[u32], client: F) -> Run
 where
     F: Fn(usize, Window) -> Fut,
     Fut: Future<Output = Vec<Duration>> + Send + 'static,
 {
+    let load = OthersLoad::start(pids);
     let window = Window::new(secs);
     let tasks: Vec<_> = (0..clients)
         .map(|i| tokio::spawn(client(i, window)))
@@ -188,6 +192,62 @@ where
         entries_per_pair: f64::NAN,
         waker_share: f64::NAN,
         slow_share: f64::NAN,
+        others_cores: load.cores(),
+    }
+}
+
+/// CPU time (in clock ticks) the whole machine spent busy, and that this
+/// process and `pids` used, from `/proc`; `None` where `/proc` is missing.
+fn cpu_ticks(pids: &[u32]) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal: busy = all but idle, iowait.
+    let busy = cpu.iter().take(8).sum::<u64>() - cpu.get(3)? - cpu.get(4)?;
+    let proc_ticks = |path: String| -> Option<u64> {
+        let s = std::fs::read_to_string(path).ok()?;
+        // Fields after the command name (which may hold spaces): utime is
+        // the 12th, stime the 13th.
+        let rest = &s[s.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    };
+    let mut ours = proc_ticks("/proc/self/stat".into())?;
+    for pid in pids {
+        ours += proc_ticks(format!("/proc/{pid}/stat")).unwrap_or(0);
+    }
+    Some((busy, ours))
+}
+
+/// What other processes used while a row ran.
+struct OthersLoad {
+    start: Instant,
+    ticks: Option<(u64, u64)>,
+    pids: Vec<u32>,
+}
+
+impl OthersLoad {
+    fn start(pids: &[u32]) -> OthersLoad {
+        OthersLoad {
+            start: Instant::now(),
+            ticks: cpu_ticks(pids),
+            pids: pids.to_vec(),
+        }
+    }
+
+    /// Cores' worth of CPU used by others since `start` (100 ticks/s).
+    fn cores(&self) -> f64 {
+        let (Some((busy0, ours0)), Some((busy1, ours1))) = (self.ticks, cpu_ticks(&self.pids))
+        else {
+            return f64::NAN;
+        };
+        let others = (busy1 - busy0).saturating_sub(ours1 - ours0);
+        others as f64 / 100.0 / self.start.elapsed().as_secs_f64()
     }
 }
 
@@ -199,6 +259,7 @@ const SKIPPED: Run = Run {
     entries_per_pair: f64::NAN,
     waker_share: f64::NAN,
     slow_share: f64::NAN,
+    others_cores: f64::NAN,
 };
 
 /// Whether workload `w` is to run.
@@ -227,7 +288,7 @@ async fn ours(cluster: &LocalCluster, secs: f64, tag: &str) -> [Run; 3] {
         let tag = format!("bench-{tag}-{w}");
         let before = applied();
         let fsyncs_before = fsync_waker::counts();
-        let mut run = drive(clients, secs, |i, window| {
+        let mut run = drive(clients, secs, &[], |i, window| {
             let b = b.clone();
             let name = if one_key {
                 "hot".into()
@@ -262,7 +323,7 @@ async fn ours(cluster: &LocalCluster, secs: f64, tag: &str) -> [Run; 3] {
 }
 
 /// The same workloads against etcd's lock API.
-async fn etcd_runs(url: &str, secs: f64) -> [Run; 3] {
+async fn etcd_runs(url: &str, pids: &[u32], secs: f64) -> [Run; 3] {
     let mut runs = [None; 3];
     for (w, (clients, one_key)) in [(1, false), (16, false), (16, true)]
         .into_iter()
@@ -273,7 +334,7 @@ async fn etcd_runs(url: &str, secs: f64) -> [Run; 3] {
             continue;
         }
         runs[w] = Some(
-            drive(clients, secs, |i, window| {
+            drive(clients, secs, pids, |i, window| {
                 let url = url.to_string();
                 let name = if one_key {
                     format!("bench-{w}/hot")
@@ -436,7 +497,7 @@ fn main() {
         }
         let bin = etcd_bin?;
         match etcd::EtcdCluster::start(&bin).await {
-            Ok(cluster) => Some(etcd_runs(&cluster.leader_url, secs).await),
+            Ok(cluster) => Some(etcd_runs(&cluster.leader_url, &cluster.pids(), secs).await),
             Err(e) => {
                 println!("etcd did not start ({e}); printing our numbers only\n");
                 None
@@ -481,19 +542,20 @@ fn main() {
             );
         }
     }
-    println!("\n| cluster | workload | result | acquire p50 / p99 | log entries / pair | fsyncs with waker | fsyncs ≥ 1 ms |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("\n| cluster | workload | result | acquire p50 / p99 | log entries / pair | fsyncs with waker | fsyncs ≥ 1 ms | other processes' CPU |");
+    println!("|---|---|---|---|---|---|---|---|");
     for (c, runs) in &results {
         let name = c.name();
         for (w, r) in runs.iter().enumerate().filter(|(w, _)| selected(*w)) {
             println!(
-                "| {name} | {} | {:.0} | {} | {:.2} | {:.0}% | {:.0}% |",
+                "| {name} | {} | {:.0} | {} | {:.2} | {:.0}% | {:.0}% | {:.2} cores |",
                 WORKLOADS[w],
                 r.per_sec,
                 lat(r),
                 r.entries_per_pair,
                 r.waker_share * 100.0,
-                r.slow_share * 100.0
+                r.slow_share * 100.0,
+                r.others_cores
             );
         }
     }
@@ -503,10 +565,11 @@ fn main() {
         .filter(|(w, _)| selected(*w))
     {
         println!(
-            "| etcd 3.4, 3 nodes | {} | {:.0} | {} | | | |",
+            "| etcd 3.4, 3 nodes | {} | {:.0} | {} | | | | {:.2} cores |",
             WORKLOADS[w],
             r.per_sec,
-            lat(r)
+            lat(r),
+            r.others_cores
         );
     }
     println!("\nload average after: {}", loadavg());

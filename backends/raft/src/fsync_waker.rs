@@ -1,19 +1,19 @@
-//! Keeps a CPU awake while an fsync is in flight, for virtual machines that
-//! hand a disk's completion interrupt to a halted vCPU only when it next
-//! wakes up.
+//! Keeps a CPU awake while an fsync is in flight, for machines that hand a
+//! disk's completion interrupt to a halted vCPU only when it next wakes up.
 //!
-//! Measured on the 2-vCPU dev VM (Firecracker, guest halt-polling off): one
-//! small append + `fdatasync` took 4.0 ms in some hours and 0.1–0.2 ms in
-//! others, and 0.1–0.3 ms in both while some thread woke a CPU every 50 µs:
-//! the disk is fast, the wake-up is late. etcd gets this for free (Go's
-//! runtime monitor polls every 20 µs while a goroutine sits in a system
-//! call).
+//! Measured on the 2-vCPU dev VM (Firecracker, guest halt-polling off): in
+//! some runs one small append + `fdatasync` took 4.0 ms, and 0.1–0.3 ms while
+//! some thread woke a CPU every 50 µs. In others the waker made no
+//! difference: there the slow fsyncs came from other processes (a build
+//! writing gigabytes, CPU hogs delaying the writer thread's wake-up), which
+//! no waker fixes. etcd gets the waker's effect for free (Go's runtime
+//! monitor polls every 20 µs while a goroutine sits in a system call).
 //!
-//! Whether it pays depends on the machine, and on this VM it changes from one
-//! hour to the next, so the default ([`FsyncPoll::Auto`]) measures: the log
-//! writer times its fsyncs with and without the waker ([`AutoChoice`]) and
-//! keeps it only while it makes them markedly faster. Where interrupts
-//! arrive promptly the waker would only cost wake-ups, and it stays off.
+//! Whether it pays depends on the machine and the moment, so the default
+//! ([`FsyncPoll::Auto`]) measures: the log writer times its fsyncs with and
+//! without the waker ([`AutoChoice`]) and keeps it only while it makes them
+//! markedly faster. Where it does not, it would only cost wake-ups, and it
+//! stays off.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -50,6 +50,11 @@ fn free_ports(n: usize) -> Vec<u16> {
 }
 
 impl EtcdCluster {
+    /// The members' process ids.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(Child::id).collect()
+    }
+
     /// Starts three members with etcd's default timing (heartbeat 100 ms)
     /// and waits until one leads.
     pub async fn start(bin: &Path) -> Result<EtcdCluster, String> {
