@@ -9,7 +9,7 @@
 
 use crate::client::{unexpected, ClientConfig, ClusterClient};
 use crate::combine::Combiner;
-use crate::grpc::GrpcTransport;
+use crate::tcp::TcpTransport;
 use crate::transport::Transport;
 use crate::types::Stamped;
 use crate::wire::{ClientReply, ClientRpc, ReadAnswer, ReadQuery, WaitState};
@@ -28,10 +28,11 @@ pub struct RaftBackend {
 }
 
 impl RaftBackend {
-    /// Connects (lazily) over gRPC to the cluster at `endpoints`.
+    /// Connects (lazily) to the cluster at `endpoints` over the framed TCP
+    /// protocol ([`crate::tcp`]; fewer task hops per request than gRPC).
     pub fn connect(endpoints: Vec<String>) -> Result<Self, Error> {
         Self::with_transport(
-            Arc::new(GrpcTransport::new()),
+            Arc::new(TcpTransport::new()),
             endpoints,
             ClientConfig::default(),
         )

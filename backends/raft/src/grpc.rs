@@ -1,5 +1,6 @@
-//! The production [`Transport`]: gRPC over HTTP/2 with tonic, one cached
-//! channel per address (tonic reconnects it after failures).
+//! gRPC over HTTP/2 with tonic: a [`Transport`] (one cached channel per
+//! address; tonic reconnects it after failures) and the node's server,
+//! which also speaks the framed protocol of [`crate::tcp`] on the same port.
 
 use crate::node::LockNode;
 use crate::transport::{Transport, TransportError};
@@ -11,7 +12,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Mutex;
 use std::time::Duration;
-use tokio_stream::StreamExt;
+use tokio::net::TcpStream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
@@ -125,25 +127,71 @@ impl Node for Service {
     }
 }
 
-/// Serves `node` on `listener` until `shutdown` completes.
+/// Serves `node` on `listener` until `shutdown` completes: gRPC, and the
+/// framed protocol of [`crate::tcp`] on connections that start with its
+/// magic bytes.
 pub async fn serve(
     node: LockNode,
     listener: tokio::net::TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
-    let service = NodeServer::new(Service(node))
+    let service = NodeServer::new(Service(node.clone()))
         .max_decoding_message_size(MAX_MESSAGE)
         .max_encoding_message_size(MAX_MESSAGE);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (to_grpc, grpc_conns) = tokio::sync::mpsc::channel::<std::io::Result<TcpStream>>(16);
+    let accept = async move {
+        loop {
+            match listener.accept().await {
+                Ok((conn, _)) => {
+                    crate::rt::spawn(sniff(conn, node.clone(), to_grpc.clone(), stopped.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    crate::rt::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    };
+    let grpc = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(ReceiverStream::new(grpc_conns), async move {
+            shutdown.await;
+            let _ = stop.send(true);
+        });
+    tokio::select! {
+        r = grpc => r,
+        never = accept => never,
+    }
+}
+
+/// Hands a new connection to the framed protocol if it starts with its
+/// magic bytes, else to gRPC.
+async fn sniff(
+    conn: TcpStream,
+    node: LockNode,
+    to_grpc: tokio::sync::mpsc::Sender<std::io::Result<TcpStream>>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) {
     // The builder's `tcp_nodelay` covers only sockets it accepts itself,
     // not an incoming stream: set it on each. With Nagle on, a reply
     // written in pieces waited for the client's delayed ACK (~40 ms).
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
-        let conn = conn?;
-        conn.set_nodelay(true)?;
-        Ok::<_, std::io::Error>(conn)
-    });
-    tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await
+    if conn.set_nodelay(true).is_err() {
+        return;
+    }
+    let mut first = [0u8; 4];
+    let framed = loop {
+        match tokio::time::timeout(Duration::from_secs(10), conn.peek(&mut first)).await {
+            Ok(Ok(n)) if n >= first.len() => break &first == crate::tcp::MAGIC,
+            // Both protocols send their preface at once; a few bytes more
+            // are on their way.
+            Ok(Ok(n)) if n > 0 => crate::rt::sleep(Duration::from_millis(1)).await,
+            _ => return,
+        }
+    };
+    if framed {
+        crate::tcp::serve_conn(node, conn, stopped).await;
+    } else {
+        let _ = to_grpc.send(Ok(conn)).await;
+    }
 }

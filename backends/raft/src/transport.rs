@@ -1,8 +1,10 @@
 //! The seam between the node and the network.
 //!
 //! Everything above it (openraft's network, the client backend) talks to
-//! [`Transport`]; everything below it is one implementation: gRPC with tonic
-//! ([`crate::grpc`]) in production. The simulator can plug in its own (a
+//! [`Transport`]; below it are two implementations that one server
+//! ([`crate::grpc::serve`]) answers on the same port: framed TCP
+//! ([`crate::tcp`], fewer task hops, used by [`crate::RaftBackend::connect`])
+//! and gRPC with tonic ([`crate::grpc`]). The simulator can plug in its own (a
 //! madsim endpoint calling [`crate::LockNode::handle_raft`] and
 //! [`crate::LockNode::handle_client`] directly) without touching the node.
 
