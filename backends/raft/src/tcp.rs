@@ -156,8 +156,25 @@ impl Outbox {
 
 type Answer = Result<(u8, Vec<u8>), String>;
 
-/// Callers waiting for answers on one connection; `None` once it broke.
-type Waiting = Mutex<Option<HashMap<u64, oneshot::Sender<Answer>>>>;
+/// The calls of one connection.
+#[derive(Default)]
+struct Calls {
+    /// Callers waiting for answers; `None` once the connection broke.
+    waiting: Option<HashMap<u64, oneshot::Sender<Answer>>>,
+    /// Frames received so far.
+    heard: u64,
+}
+
+type Waiting = Mutex<Calls>;
+
+impl Calls {
+    /// Fails every waiting call; the connection is not used again.
+    fn break_off(&mut self, why: &str) {
+        for (_, tx) in self.waiting.take().into_iter().flatten() {
+            let _ = tx.send(Err(why.to_string()));
+        }
+    }
+}
 
 /// One connection to a node.
 struct Conn {
@@ -168,7 +185,7 @@ struct Conn {
 
 impl Conn {
     fn broken(&self) -> bool {
-        lock(&self.waiting).is_none() || self.out.failed()
+        lock(&self.waiting).waiting.is_none() || self.out.failed()
     }
 }
 
@@ -182,7 +199,11 @@ async fn read_answers(mut rd: BufReader<OwnedReadHalf>, waiting: Arc<Waiting>) {
     let why = loop {
         match read_frame(&mut rd).await {
             Ok((id, kind, payload)) => {
-                let tx = lock(&waiting).as_mut().and_then(|w| w.remove(&id));
+                let tx = {
+                    let mut calls = lock(&waiting);
+                    calls.heard += 1;
+                    calls.waiting.as_mut().and_then(|w| w.remove(&id))
+                };
                 if let Some(tx) = tx {
                     let _ = tx.send(Ok((kind, payload)));
                 }
@@ -190,10 +211,7 @@ async fn read_answers(mut rd: BufReader<OwnedReadHalf>, waiting: Arc<Waiting>) {
             Err(e) => break e.to_string(),
         }
     };
-    let broken = lock(&waiting).take();
-    for (_, tx) in broken.into_iter().flatten() {
-        let _ = tx.send(Err(format!("connection lost: {why}")));
-    }
+    lock(&waiting).break_off(&format!("connection lost: {why}"));
 }
 
 /// Calls nodes over framed TCP connections, one per address (reopened after
@@ -240,7 +258,10 @@ impl TcpTransport {
         let (rd, wr) = stream.into_split();
         let out = Outbox::new(wr);
         out.send(MAGIC).map_err(unreachable)?;
-        let waiting: Arc<Waiting> = Arc::new(Mutex::new(Some(HashMap::new())));
+        let waiting: Arc<Waiting> = Arc::new(Mutex::new(Calls {
+            waiting: Some(HashMap::new()),
+            heard: 0,
+        }));
         crate::rt::spawn(read_answers(BufReader::new(rd), waiting.clone()));
         let conn = Arc::new(Conn {
             out,
@@ -279,17 +300,21 @@ impl TcpTransport {
             reason: format!("cannot encode the request: {e}"),
         })?;
         let (tx, rx) = oneshot::channel();
-        match lock(&conn.waiting).as_mut() {
-            Some(w) => w.insert(id, tx),
-            None => {
-                return Err(TransportError::Unreachable {
-                    addr: addr.to_string(),
-                    reason: "connection lost".into(),
-                })
-            }
+        let heard = {
+            let mut calls = lock(&conn.waiting);
+            match calls.waiting.as_mut() {
+                Some(w) => w.insert(id, tx),
+                None => {
+                    return Err(TransportError::Unreachable {
+                        addr: addr.to_string(),
+                        reason: "connection lost".into(),
+                    })
+                }
+            };
+            calls.heard
         };
         let forget = || {
-            if let Some(w) = lock(&conn.waiting).as_mut() {
+            if let Some(w) = lock(&conn.waiting).waiting.as_mut() {
                 w.remove(&id);
             }
         };
@@ -312,6 +337,13 @@ impl TcpTransport {
             Ok(Err(_)) => Err(failed("connection dropped".into())),
             Err(_) => {
                 forget();
+                // Nothing at all came back meanwhile: the peer or the path
+                // may be gone without a word (no FIN, no RST). Start over on
+                // a new connection rather than wait on this one forever.
+                let mut calls = lock(&conn.waiting);
+                if calls.heard == heard {
+                    calls.break_off("no answer on this connection in time");
+                }
                 Err(timed_out())
             }
         }

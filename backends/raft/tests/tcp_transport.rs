@@ -287,3 +287,31 @@ async fn a_stopped_server_fails_calls_and_a_restarted_one_is_reached_again() {
         .await;
     assert!(matches!(ok, Ok(ClientReply::Status(_))), "{ok:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_silent_through_a_timeout_is_replaced() {
+    // A peer that accepts and reads but never answers (as one gone without
+    // a FIN would look).
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (accepted, mut conns) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            let _ = accepted.send(conn);
+        }
+    });
+    let transport = TcpTransport::new();
+    let mut open = Vec::new(); // never closed by this side
+    for round in 1..=2 {
+        let r = transport
+            .client(&addr, status(), Duration::from_millis(100))
+            .await;
+        assert!(matches!(r, Err(TransportError::Timeout { .. })), "{r:?}");
+        // Each call went out on a connection of its own: the first one was
+        // given up when it stayed silent.
+        match tokio::time::timeout(Duration::from_secs(1), conns.recv()).await {
+            Ok(Some(conn)) => open.push(conn),
+            _ => panic!("round {round}: no new connection"),
+        }
+    }
+}
