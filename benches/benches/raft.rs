@@ -1,8 +1,9 @@
 //! The Raft backend's throughput and latency next to etcd 3.4's lock, as
 //! markdown tables: `cargo bench -p fencelock-benches --bench raft`.
 //!
-//! Our clusters run in this process (real gRPC over 127.0.0.1, real files,
-//! fsync on unless the row says otherwise); clients go through `RaftBackend`,
+//! Our clusters run in this process (real sockets on 127.0.0.1: framed TCP,
+//! or gRPC where the row says so; real files, fsync on unless the row says
+//! otherwise); clients go through `RaftBackend`,
 //! the same path an application takes. Then, if an `etcd` binary is found
 //! (`$ETCD_BIN` or the PATH), a 3-node etcd cluster runs as three processes
 //! on 127.0.0.1 with its data on the same disk, and the same workloads drive
@@ -13,10 +14,11 @@
 //! etcd's) are printed as PASS/MISS against the etcd of this run (or the
 //! issue's figures, ~1,600 and ~160/s, when etcd is absent), never enforced.
 //! Knobs: `FENCELOCK_BENCH_SECS` (measured seconds per row, default 3),
-//! `FENCELOCK_BENCH_CLUSTERS` (`nodes:fsync[:waker]`, default
-//! `3:on,3:on:off,1:on,3:off`; the nodes' fsync waker is `auto` unless the
-//! row says `off` or `always`, see `fencelock_raft::fsync_waker`; the table
-//! says how many fsyncs ran with it), `FENCELOCK_BENCH_INFLIGHT` (log entries
+//! `FENCELOCK_BENCH_CLUSTERS` (`nodes:fsync[:waker[:transport]]`, default
+//! `3:on,3:on:auto:grpc,1:on,3:off`; the nodes' fsync waker is `auto` unless
+//! the row says `off` or `always`, see `fencelock_raft::fsync_waker`, and the
+//! table says how many fsyncs ran with it; nodes and clients talk over the
+//! framed TCP transport unless the row says `grpc`), `FENCELOCK_BENCH_INFLIGHT` (log entries
 //! the leader's proposer keeps in flight), `FENCELOCK_BENCH_SERIAL=1` (the
 //! leader flushes its log before replicating, as stock openraft 0.9 does),
 //! `FENCELOCK_BENCH_ETCD=off` (skip etcd), `FENCELOCK_BENCH_WORKLOADS`
@@ -30,8 +32,10 @@ mod etcd;
 
 use fencelock::{Backend, Command, LockKey, Mode, RequestId, Response, SessionId, WaitStatus};
 use fencelock_raft::fsync_waker::{self, FsyncCounts};
+use fencelock_raft::grpc::GrpcTransport;
 use fencelock_raft::local::LocalCluster;
-use fencelock_raft::{FsyncPoll, NodeConfig, RaftBackend};
+use fencelock_raft::tcp::TcpTransport;
+use fencelock_raft::{FsyncPoll, NodeConfig, RaftBackend, Transport};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -391,12 +395,13 @@ struct Cluster {
     nodes: usize,
     fsync: bool,
     poll: FsyncPoll,
+    grpc: bool,
 }
 
 impl Cluster {
     fn name(&self) -> String {
         format!(
-            "{} node{}, fsync {}{}",
+            "{} node{}, fsync {}{}{}",
             self.nodes,
             if self.nodes > 1 { "s" } else { "" },
             if self.fsync { "on" } else { "off" },
@@ -404,7 +409,8 @@ impl Cluster {
                 (false, _) | (_, FsyncPoll::Auto(_)) => "",
                 (true, FsyncPoll::Off) => ", waker off",
                 (true, FsyncPoll::Always(_)) => ", waker always",
-            }
+            },
+            if self.grpc { ", gRPC" } else { "" }
         )
     }
 }
@@ -424,7 +430,7 @@ fn main() {
         .unwrap_or(NodeConfig::new(1, "", "").max_inflight);
     let parallel = std::env::var("FENCELOCK_BENCH_SERIAL").as_deref() != Ok("1");
     let list = std::env::var("FENCELOCK_BENCH_CLUSTERS")
-        .unwrap_or_else(|_| "3:on,3:on:off,1:on,3:off".into());
+        .unwrap_or_else(|_| "3:on,3:on:auto:grpc,1:on,3:off".into());
     let configs: Vec<Cluster> = list
         .split(',')
         .filter_map(|c| {
@@ -437,6 +443,7 @@ fn main() {
                     Some("always") => FsyncPoll::Always(fsync_waker::DEFAULT_PERIOD),
                     _ => FsyncPoll::default(),
                 },
+                grpc: parts.next() == Some("grpc"),
             })
         })
         .collect();
@@ -478,7 +485,12 @@ fn main() {
     let etcd = rt.block_on(async {
         for (i, &c) in configs.iter().enumerate() {
             let dir = tempfile::tempdir().unwrap();
-            let cluster = LocalCluster::start(
+            let transport: Arc<dyn Transport> = if c.grpc {
+                Arc::new(GrpcTransport::new())
+            } else {
+                Arc::new(TcpTransport::new())
+            };
+            let cluster = LocalCluster::start_with(
                 dir.path(),
                 c.nodes,
                 move |n| NodeConfig {
@@ -489,6 +501,7 @@ fn main() {
                     ..n
                 },
                 None,
+                transport,
             )
             .await
             .unwrap();

@@ -1,11 +1,15 @@
 //! An in-process cluster on 127.0.0.1, for tests and benchmarks: real nodes,
-//! real gRPC over loopback sockets, real files.
+//! real sockets on loopback (the framed TCP transport, as deployed nodes and
+//! `RaftBackend::connect` use; gRPC with [`LocalCluster::start_with`]), real
+//! files.
 
 use crate::backend::RaftBackend;
 use crate::client::ClientConfig;
 use crate::clock::SystemClock;
-use crate::grpc::{self, GrpcTransport};
+use crate::grpc;
 use crate::node::{LockNode, NodeConfig};
+use crate::tcp::TcpTransport;
+use crate::transport::Transport;
 use crate::types::NodeId;
 use fencelock::{Backend, Limits, SessionId};
 use std::collections::BTreeMap;
@@ -29,7 +33,7 @@ pub struct LocalCluster {
     pub addrs: Vec<String>,
     dirs: Vec<PathBuf>,
     configure: Arc<dyn Fn(NodeConfig) -> NodeConfig + Send + Sync>,
-    transport: Arc<GrpcTransport>,
+    transport: Arc<dyn Transport>,
 }
 
 impl LocalCluster {
@@ -40,6 +44,19 @@ impl LocalCluster {
         n: usize,
         configure: impl Fn(NodeConfig) -> NodeConfig + Send + Sync + 'static,
         limits: Option<Limits>,
+    ) -> Result<LocalCluster, String> {
+        Self::start_with(base, n, configure, limits, Arc::new(TcpTransport::new())).await
+    }
+
+    /// Like [`LocalCluster::start`], the nodes and the cluster's backends
+    /// calling each other through `transport` (every node serves both
+    /// protocols).
+    pub async fn start_with(
+        base: &Path,
+        n: usize,
+        configure: impl Fn(NodeConfig) -> NodeConfig + Send + Sync + 'static,
+        limits: Option<Limits>,
+        transport: Arc<dyn Transport>,
     ) -> Result<LocalCluster, String> {
         let mut listeners = Vec::new();
         let mut addrs = Vec::new();
@@ -55,7 +72,7 @@ impl LocalCluster {
             dirs: (1..=n).map(|i| base.join(format!("node{i}"))).collect(),
             addrs,
             configure: Arc::new(configure),
-            transport: Arc::new(GrpcTransport::new()),
+            transport,
         };
         for (i, listener) in listeners.into_iter().enumerate() {
             let node = cluster.launch(i, listener).await?;

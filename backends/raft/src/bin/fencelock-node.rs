@@ -10,7 +10,8 @@
 //! ```
 
 use clap::{Parser, Subcommand};
-use fencelock_raft::grpc::{self, GrpcTransport};
+use fencelock_raft::grpc;
+use fencelock_raft::tcp::TcpTransport;
 use fencelock_raft::{ClientConfig, ClusterClient, FsyncPoll, LockNode, NodeConfig, SystemClock};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -140,7 +141,7 @@ fn parse_ids(s: &str) -> Result<BTreeSet<u64>, String> {
 fn client(cluster: &str) -> Result<ClusterClient, String> {
     let endpoints = cluster.split(',').map(|s| s.trim().to_string()).collect();
     ClusterClient::new(
-        Arc::new(GrpcTransport::new()),
+        Arc::new(TcpTransport::new()),
         endpoints,
         ClientConfig::default(),
     )
@@ -186,13 +187,10 @@ async fn run(cmd: Cmd) -> Result<(), String> {
             };
             config.election_min_ms = heartbeat_ms * 5;
             config.election_max_ms = heartbeat_ms * 10;
-            let node = LockNode::start(
-                config,
-                Arc::new(GrpcTransport::new()),
-                Arc::new(SystemClock),
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+            let node =
+                LockNode::start(config, Arc::new(TcpTransport::new()), Arc::new(SystemClock))
+                    .await
+                    .map_err(|e| e.to_string())?;
             if let Some(members) = members {
                 let fresh = !node
                     .raft()
