@@ -180,14 +180,21 @@ async fn sniff(
         return;
     }
     let mut first = [0u8; 4];
-    let framed = loop {
-        match tokio::time::timeout(Duration::from_secs(10), conn.peek(&mut first)).await {
-            Ok(Ok(n)) if n >= first.len() => break &first == crate::tcp::MAGIC,
-            // Both protocols send their preface at once; a few bytes more
-            // are on their way.
-            Ok(Ok(n)) if n > 0 => crate::rt::sleep(Duration::from_millis(1)).await,
-            _ => return,
+    let sniffed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match conn.peek(&mut first).await {
+                Ok(n) if n >= first.len() => return Some(&first == crate::tcp::MAGIC),
+                // Both protocols send their preface at once; a few bytes
+                // more are on their way.
+                Ok(n) if n > 0 => crate::rt::sleep(Duration::from_millis(1)).await,
+                _ => return None,
+            }
         }
+    })
+    .await;
+    // Closed, failed, or fewer than 4 bytes in 10 s: drop the connection.
+    let Ok(Some(framed)) = sniffed else {
+        return;
     };
     if framed {
         crate::tcp::serve_conn(node, conn, stopped).await;

@@ -315,3 +315,23 @@ async fn a_connection_silent_through_a_timeout_is_replaced() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_that_never_says_which_protocol_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let config = NodeConfig::new(1, addr.clone(), dir.path().join("n1"));
+    let node = LockNode::start(config, Arc::new(TcpTransport::new()), Arc::new(SystemClock))
+        .await
+        .unwrap();
+    let _served = serve(node, listener).await;
+    // Two bytes of a preface, then silence: after its 10 s the server
+    // closes the connection (and stops looking at it).
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    conn.write_all(b"FL").await.unwrap();
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(Duration::from_secs(15), conn.read(&mut buf)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+}
