@@ -39,6 +39,11 @@ pub const MAGIC: &[u8; 4] = b"FLT1";
 /// Largest frame either side accepts (snapshot chunks, big batches).
 const MAX_FRAME: usize = 64 << 20;
 const HEADER: usize = 13;
+/// Longest a call waits for a connection to be set up, whatever its own
+/// timeout (a long poll's may be many seconds): an address that does not
+/// answer a SYN is skipped soon, so the client tries the next node (as
+/// the gRPC transport's connect timeout does).
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
 const RAFT: u8 = 1;
 const CLIENT: u8 = 2;
@@ -288,7 +293,8 @@ impl TcpTransport {
             addr: addr.to_string(),
             reason,
         };
-        let conn = tokio::time::timeout_at(deadline, self.conn(addr))
+        let connect_by = deadline.min(Instant::now() + CONNECT_TIMEOUT);
+        let conn = tokio::time::timeout_at(connect_by, self.conn(addr))
             .await
             .map_err(|_| TransportError::Unreachable {
                 addr: addr.to_string(),
