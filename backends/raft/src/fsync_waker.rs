@@ -230,8 +230,9 @@ impl AutoChoice {
 pub struct FsyncCounts {
     pub with_waker: u64,
     pub without: u64,
-    /// Fsyncs (either way) that took [`SLOW_FSYNC`] or longer: how much of
-    /// the time the machine was in its slow regime.
+    /// Fsyncs (either way) that took [`SLOW_FSYNC`] or longer: how often
+    /// the disk or the writer thread's wake-up was slow (on the dev VM: while
+    /// other processes loaded the machine).
     pub slow: u64,
 }
 
