@@ -165,6 +165,25 @@ pub async fn serve(
     }
 }
 
+/// Runs [`serve`] in a task of its own until the returned sender fires or
+/// is dropped (for in-process clusters: tests, benchmarks).
+pub fn spawn_serve(
+    node: LockNode,
+    listener: tokio::net::TcpListener,
+) -> (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = serve(node, listener, async {
+            let _ = stopped.await;
+        })
+        .await;
+    });
+    (stop, server)
+}
+
 /// Hands a new connection to the framed protocol if it starts with its
 /// magic bytes, else to gRPC.
 async fn sniff(

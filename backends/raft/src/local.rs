@@ -114,14 +114,7 @@ impl LocalCluster {
         let node = LockNode::start(config, self.transport.clone(), Arc::new(SystemClock))
             .await
             .map_err(|e| e.to_string())?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let served = node.clone();
-        let server = tokio::spawn(async move {
-            let _ = grpc::serve(served, listener, async {
-                let _ = stopped.await;
-            })
-            .await;
-        });
+        let (stop, server) = grpc::spawn_serve(node.clone(), listener);
         Ok(LocalNode { node, stop, server })
     }
 

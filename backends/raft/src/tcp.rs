@@ -413,10 +413,16 @@ pub async fn serve_conn(node: LockNode, stream: TcpStream, mut stop: watch::Rece
                 },
                 other => frame(id, FAILED, &format!("unknown request kind {other}")),
             };
-            match answer {
+            // An answer too large to frame still gets one (a small failure),
+            // or its caller would wait out its timeout and then give up the
+            // whole connection as silent.
+            let answer = answer.or_else(|e| {
+                tracing::warn!("cannot encode an answer: {e}");
+                frame(id, FAILED, &format!("cannot encode the answer: {e}"))
+            });
+            if let Ok(bytes) = answer {
                 // A failed socket ends the connection's reader too.
-                Ok(bytes) => drop(out.send(&bytes)),
-                Err(e) => tracing::warn!("cannot encode an answer: {e}"),
+                drop(out.send(&bytes));
             }
         });
     }

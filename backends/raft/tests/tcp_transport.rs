@@ -22,14 +22,7 @@ struct Served {
 
 async fn serve(node: LockNode, listener: tokio::net::TcpListener) -> Served {
     let addr = listener.local_addr().unwrap().to_string();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let served = node.clone();
-    let server = tokio::spawn(async move {
-        let _ = grpc::serve(served, listener, async {
-            let _ = stopped.await;
-        })
-        .await;
-    });
+    let (stop, server) = grpc::spawn_serve(node.clone(), listener);
     Served {
         node,
         addr,

@@ -10,8 +10,8 @@
 //! ```
 
 use clap::{Parser, Subcommand};
-use fencelock_raft::grpc;
 use fencelock_raft::tcp::TcpTransport;
+use fencelock_raft::{fsync_waker, grpc};
 use fencelock_raft::{ClientConfig, ClusterClient, FsyncPoll, LockNode, NodeConfig, SystemClock};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -73,7 +73,7 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = PollMode::Auto)]
         fsync_poll: PollMode,
         /// How often the kept-awake CPU wakes, in µs.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = fsync_waker::DEFAULT_PERIOD.as_micros() as u64)]
         fsync_poll_us: u64,
     },
     /// Creates a cluster from fresh nodes.
